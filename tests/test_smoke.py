@@ -1,0 +1,5 @@
+import rfjax
+
+
+def test_version():
+    assert rfjax.__version__
