@@ -174,9 +174,16 @@ def prepare(
     cls = RfjaxCifar10 if name == "cifar10" else RfjaxCamvid
     builder = cls(data_dir=os.fspath(tfds_dir))
     if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(root))
-        )
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(root))
+            )
+        except OSError:
+            # TFDS builds in a temporary folder and renames it: if another process won that
+            # race, its (identical) copy is there now; otherwise the error is real.
+            builder = cls(data_dir=os.fspath(tfds_dir))
+            if not builder.is_prepared():
+                raise
     return builder
 
 

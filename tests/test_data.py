@@ -2,6 +2,7 @@
 the data order and the augmentations; one test reads ../shared/data when it exists."""
 
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -200,7 +201,8 @@ def test_missing_source_folder_says_where_and_how(tmp_path, monkeypatch, prepare
                                          r"--data-dir.*RFJAX_DATA_DIR"):
         data.load("cifar10", "train", prepared_dir=prepared)
     missing = tmp_path / "nowhere"
-    with pytest.raises(ValueError, match=rf"{missing}.*does not exist.*camvid.*--data-dir"):
+    where = re.escape(str(missing))
+    with pytest.raises(ValueError, match=rf"{where}.*does not exist.*camvid.*--data-dir"):
         data.load("camvid", "train", data_dir=missing, prepared_dir=prepared)
     # The folder exists but lacks the dataset's subfolder.
     make_cifar(tmp_path / "src")
