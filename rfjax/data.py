@@ -309,7 +309,6 @@ def augment_cifar(
     return jax.vmap(one)(padded, tops, lefts, flips)
 
 
-@functools.partial(jax.jit, static_argnames=("crop_size",))
 def augment_camvid(
     key: Array,
     images: Float[ArrayLike, "b h w c"],
@@ -322,23 +321,31 @@ def augment_camvid(
       key: a JAX PRNG key; the output is a deterministic function of its inputs.
       images: (B, H, W, C), any dtype.
       labels: (B, H, W) class indices (void included), any integer dtype.
-      crop_size: static ``(height, width)`` <= (H, W); the crop's top-left corner is uniform
-        over all valid positions, independently per image; each image-label pair is flipped
-        left-right together with probability 1/2.
+      crop_size: ``(height, width)`` <= (H, W), a compile-time constant (any sequence of two
+        ints); the crop's top-left corner is uniform over all valid positions, independently
+        per image; each image-label pair is flipped left-right together with probability 1/2.
 
     Returns:
       ``(images, labels)`` of shapes (B, height, width, C) and (B, height, width).
     """
+    if len(crop_size) != 2:
+        raise ValueError(f"crop_size must be (height, width), got {crop_size!r}.")
+    # A tuple of Python ints: hashable, so it can be a static argument of the jitted kernel.
+    return _augment_camvid(key, images, labels, tuple(int(s) for s in crop_size))
+
+
+@functools.partial(jax.jit, static_argnames=("crop_size",))
+def _augment_camvid(key, images, labels, crop_size):
     images, labels = jnp.asarray(images), jnp.asarray(labels)
     if images.ndim != 4 or labels.shape != images.shape[:3]:
         raise ValueError(
             f"images must be (B, H, W, C) and labels (B, H, W), got {images.shape} and "
             f"{labels.shape}."
         )
-    ch, cw = (int(s) for s in crop_size)
+    ch, cw = crop_size
     b, h, w, _ = images.shape
     if not (0 < ch <= h and 0 < cw <= w):
-        raise ValueError(f"crop_size {tuple(crop_size)} must lie within the image size {(h, w)}.")
+        raise ValueError(f"crop_size {crop_size} must lie within the image size {(h, w)}.")
     k_top, k_left, k_flip = jax.random.split(key, 3)
     tops = jax.random.randint(k_top, (b,), 0, h - ch + 1)
     lefts = jax.random.randint(k_left, (b,), 0, w - cw + 1)

@@ -389,8 +389,11 @@ def test_augment_camvid_same_crop_and_flip_for_image_and_label():
     np.testing.assert_array_equal(out_i[..., 0], out_l)
     for img, got in zip(images, out_i, strict=True):
         assert any(np.array_equal(got, c) for c in _crops(img, 0, (5, 7)))
-    again = data.augment_camvid(key, images, labels, (5, 7))
+    again = data.augment_camvid(key, images, labels, [5, 7])  # any sequence of two ints
     np.testing.assert_array_equal(np.asarray(again[0]), out_i)
+    np.testing.assert_array_equal(np.asarray(again[1]), out_l)
+    other = data.augment_camvid(jax.random.key(4), images, labels, (5, 7))
+    assert not np.array_equal(np.asarray(other[1]), out_l)
     # Full-size crop: identity or mirror only.
     full_i, full_l = data.augment_camvid(key, images, labels, (9, 11))
     for img, lab, gi, gl in zip(images, labels, np.asarray(full_i), np.asarray(full_l),
@@ -403,6 +406,9 @@ def test_augment_bad_shapes():
     with pytest.raises(ValueError, match=r"crop_size \(10, 4\) must lie within"):
         data.augment_camvid(jax.random.key(0), np.zeros((1, 9, 11, 3)), np.zeros((1, 9, 11)),
                             (10, 4))
+    with pytest.raises(ValueError, match=r"crop_size must be \(height, width\)"):
+        data.augment_camvid(jax.random.key(0), np.zeros((1, 9, 11, 3)), np.zeros((1, 9, 11)),
+                            (4,))
     with pytest.raises(ValueError, match=r"labels \(B, H, W\)"):
         data.augment_camvid(jax.random.key(0), np.zeros((1, 9, 11, 3)), np.zeros((1, 9, 10)),
                             (4, 4))
