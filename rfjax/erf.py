@@ -1,0 +1,889 @@
+"""The effective receptive field (ERF) of any JAX function, batched, cached and cropped.
+
+Definition (Luo, Li, Urtasun & Zemel, NIPS 2016). For an output unit ``u`` (a tuple of output
+spatial indices) and one image ``x_n`` of shape ``(*spatial, C)``::
+
+    s_n = sum_c  fn(x_n)[u, c]            # over the output channels (or a selection)
+    g_n = d s_n / d x_n                   # shape (*spatial, C), same dtype as x
+    m_n = sum_k  reduce(g_n[..., k])      # over the input channels
+    ERF = mean_n m_n                      # over the images with a finite gradient
+
+``reduce`` is applied per input element: ``"abs"`` |g| (the paper's; the default),
+``"grad"`` g (signed), ``"relu"`` max(g, 0) (RepLKNet's clamp), ``"square"`` g**2.
+Orientation is cross-correlation: for one conv layer with kernel ``k`` (``lax.conv``
+semantics), ``d y[i, j] / d x[i + a - 1, j + b - 1] = k[a, b]``, so a signed ERF of one layer
+*is* its kernel, not the flipped kernel.
+
+Conventions of the public scripts (``convention=``):
+
+* ``"paper"`` (default): as above, with the chosen ``reduce``.
+* ``"replknet"``: RepLKNet's ``erf/visualize_erf.py`` (``get_input_grad``): the target is
+  ``relu(output[:, :, H//2, W//2]).sum()`` (relu of every centre channel, then summed), the
+  gradient is clamped with ``relu`` per element and summed over the input channels; images
+  whose map has a NaN are skipped ("got NAN, next image") and the rest averaged
+  (``AverageMeter``). ``reduce`` must be left at its default.
+* ``"openerf"``: OpenERF's ``src/openerf/erf.py``: the target is the *mean* over the output
+  channels at the centre, the gradient is averaged over the input channels *first* and then
+  clamped at zero (``grad.mean(dim=(0, 1)).clamp(min=0)``); the maps are summed over images.
+  OpenERF finally divides by the map's total; here the maps are averaged instead (divide
+  ``map`` by ``map.sum()`` to get theirs).
+
+Speed. Every call is a jitted batched VJP: the gradient of ``sum_n s_n`` with respect to the
+whole batch gives every ``g_n`` at once (images never interact in an inference-mode network;
+``method="vmap"`` computes ``vmap(grad)`` per image instead). Compiled functions are cached
+per function object (weakly: the cache entry dies with the function or module) and per
+options; jax's own jit cache adds shapes, so a second call with the same ``fn`` and shapes
+never retraces. ``functools.partial(module.apply, params)``, Flax NNX modules and Equinox
+modules are unwrapped so that their arrays are jit *arguments*, not constants folded into the
+program. ``batch_size`` chunks large inputs (the last chunk is padded to the same shape and
+its padding masked out). With several devices the batch axis is sharded over all of them.
+Cropping (``crop=``) evaluates only what the unit depends on; see :mod:`rfjax.cone`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+import sys
+import warnings
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = [
+    "ERF",
+    "CONVENTIONS",
+    "REDUCTIONS",
+    "InputTypeError",
+    "erf",
+    "erf_merge",
+    "erf_intermediate",
+    "erf_weight_draws",
+    "select_output",
+]
+
+REDUCTIONS = ("abs", "grad", "relu", "square")
+CONVENTIONS = ("paper", "replknet", "openerf")
+CROPS = ("auto", "cone", "input", "none")
+METHODS = ("vjp", "vmap")
+
+
+class InputTypeError(TypeError, ValueError):
+    """A wrong *type* of argument (non-callable ``fn``, non-float input).
+
+    Subclasses both ``TypeError`` and ``ValueError`` so that either ``except`` catches it.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------------
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["map", "per_image"],
+    meta_fields=["count", "nonfinite", "unit", "reduce", "convention", "crop"],
+)
+@dataclasses.dataclass(frozen=True)
+class ERF:
+    """An effective receptive field: the mean gradient map of one output unit.
+
+    Attributes:
+      map: ``(*spatial,)`` float array, the input's spatial shape: the mean over ``count``
+        images of the per-image map (see the module docstring for the definition).
+      count: number of images averaged into ``map``.
+      nonfinite: number of images whose gradient had a NaN or inf: excluded, never averaged.
+      unit: the output unit (tuple of output spatial indices).
+      per_image: ``(n_images, *spatial)`` per-image maps in input order when requested
+        (``per_image=True``), rows of excluded (non-finite) images are NaN; else ``None``.
+      reduce: the per-element reduction used (``"abs"``, ``"grad"``, ``"relu"``, ``"square"``
+        or ``"mean-relu"`` for the OpenERF convention).
+      convention: ``"paper"``, ``"replknet"`` or ``"openerf"``.
+      crop: what was evaluated: ``"none"`` (the whole input), ``"input"`` (a grid-aligned input
+        window) or ``"cone"`` (every layer on the unit's dependency cone only).
+    """
+
+    map: jax.Array
+    count: int
+    nonfinite: int
+    unit: tuple[int, ...]
+    per_image: jax.Array | None = None
+    reduce: str = "abs"
+    convention: str = "paper"
+    crop: str = "none"
+
+    def merge(self, other: ERF) -> ERF:
+        """The running mean of two results of the same unit (``count``-weighted).
+
+        ``a.merge(b).map == mean over the images of a and b``; ``per_image`` is concatenated
+        when both carry it.
+        """
+        return erf_merge(self, other)
+
+
+def erf_merge(a: ERF, b: ERF) -> ERF:
+    """Merge two :class:`ERF` results of the same unit into their running (count-weighted) mean.
+
+    Raises:
+      ValueError: when the units, map shapes, reductions or conventions differ.
+    """
+    if not isinstance(a, ERF) or not isinstance(b, ERF):
+        raise InputTypeError(f"erf_merge takes two ERF results, got {type(a)} and {type(b)}")
+    if a.unit != b.unit:
+        raise ValueError(f"cannot merge ERFs of different units {a.unit} and {b.unit}")
+    if a.map.shape != b.map.shape:
+        raise ValueError(f"cannot merge ERF maps of shapes {a.map.shape} and {b.map.shape}")
+    if (a.reduce, a.convention) != (b.reduce, b.convention):
+        raise ValueError(
+            f"cannot merge ERFs computed with reduce/convention {a.reduce}/{a.convention} "
+            f"and {b.reduce}/{b.convention}"
+        )
+    n = a.count + b.count
+    if n == 0:
+        new_map = jnp.zeros_like(a.map)
+    else:
+        new_map = (a.map * a.count + b.map * b.count) / n
+    per = None
+    if a.per_image is not None and b.per_image is not None:
+        per = jnp.concatenate([a.per_image, b.per_image], axis=0)
+    crop = a.crop if a.crop == b.crop else f"{a.crop}+{b.crop}"
+    return ERF(new_map, n, a.nonfinite + b.nonfinite, a.unit, per, a.reduce, a.convention, crop)
+
+
+# --------------------------------------------------------------------------------------------
+# Resolving fn into (cache owner, static key, rebuild(dyn) -> callable, dyn arrays)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Resolved:
+    owner: Any  # object whose lifetime bounds the cache entry (weakly referenced)
+    key: Hashable  # static part of the cache key
+    rebuild: Callable[[Any], Callable]  # rebuild(dyn) -> the callable; holds owner weakly
+    dyn: Any  # pytree of arrays, passed to the jitted function as arguments
+
+
+def _is_array(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray)) and not isinstance(leaf, np.generic)
+
+
+def _hashable(obj: Any) -> bool:
+    try:
+        hash(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def _split_pytree(tree: Any):
+    """Split a pytree into (static key, dynamic array leaves, merge(dyn) -> tree)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    mask = tuple(_is_array(v) for v in leaves)
+    statics = tuple(v for v, m in zip(leaves, mask, strict=True) if not m)
+    dyn = [v for v, m in zip(leaves, mask, strict=True) if m]
+    key = (treedef, statics, mask)
+
+    def merge(dyn_leaves):
+        it = iter(dyn_leaves)
+        st = iter(statics)
+        return jax.tree_util.tree_unflatten(treedef, [next(it) if m else next(st) for m in mask])
+
+    return key, dyn, merge
+
+
+def _weak(obj: Any) -> Callable[[], Any]:
+    """A weak reference to ``obj`` (a ``WeakMethod`` for bound methods)."""
+    if inspect.ismethod(obj):
+        return weakref.WeakMethod(obj)
+    return weakref.ref(obj)
+
+
+def _deref(ref: Callable[[], Any]) -> Any:
+    obj = ref()
+    if obj is None:  # only possible if the cache outlived its owner, which finalize prevents
+        raise RuntimeError("the function of a cached ERF computation was garbage-collected")
+    return obj
+
+
+def _resolve(fn: Any) -> _Resolved:
+    """How to call ``fn`` from a jitted function with its arrays as arguments."""
+    if not callable(fn):
+        raise InputTypeError(f"fn must be callable (a function of one array), got {type(fn)}")
+    if isinstance(fn, functools.partial):
+        base = _resolve(fn.func)
+        pkey, pdyn, pmerge = _split_pytree((fn.args, fn.keywords))
+        if _hashable(pkey):
+
+            def rebuild_partial(dyn, _b=base.rebuild, _m=pmerge):
+                args, kwargs = _m(dyn[1])
+                return functools.partial(_b(dyn[0]), *args, **kwargs)
+
+            return _Resolved(
+                base.owner, ("partial", base.key, pkey), rebuild_partial, (base.dyn, pdyn)
+            )
+    nnx_module = _nnx_module_type()
+    if nnx_module is not None and isinstance(fn, nnx_module):
+        from flax import nnx
+
+        graphdef, state = nnx.split(fn)
+        if _hashable(graphdef):
+            return _Resolved(
+                type(fn), ("nnx", graphdef), lambda st, _g=graphdef: nnx.merge(_g, st), state
+            )
+    if inspect.ismethod(fn):
+        ref = weakref.WeakMethod(fn)
+        return _Resolved(fn.__self__, ("method", fn.__func__), lambda dyn: _deref(ref), ())
+    leaves = jax.tree_util.tree_leaves(fn)
+    if not (len(leaves) == 1 and leaves[0] is fn) and any(_is_array(v) for v in leaves):
+        # A pytree callable (an Equinox module): its arrays become jit arguments.
+        tkey, tdyn, tmerge = _split_pytree(fn)
+        if _hashable(tkey):
+            return _Resolved(type(fn), ("pytree", tkey), tmerge, tdyn)
+    try:
+        ref = _weak(fn)
+    except TypeError:  # not weakly referenceable: cache strongly on the object itself
+        return _Resolved(None, ("strong", fn), lambda dyn: fn, ())
+    return _Resolved(fn, ("fn",), lambda dyn: _deref(ref), ())
+
+
+@functools.cache
+def _nnx_module_type():
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover - flax is a dependency, nnx may move
+        return None
+    return nnx.Module
+
+
+# The compile cache: id(owner) -> (weak ref to owner, {static key: entry dict}). Entries are
+# removed by weakref.finalize when the owner dies, so caching never keeps a model alive.
+_CACHE: dict[int, tuple[Any, dict]] = {}
+_STRONG_CACHE: dict[Hashable, dict] = {}
+
+
+def _cache_entry(res: _Resolved) -> dict:
+    if res.owner is None:
+        if not _hashable(res.key):
+            return {}
+        return _STRONG_CACHE.setdefault(res.key, {})
+    oid = id(res.owner)
+    slot = _CACHE.get(oid)
+    if slot is None or slot[0]() is not res.owner:
+        try:
+            ref = weakref.ref(res.owner)
+        except TypeError:
+            return _STRONG_CACHE.setdefault((res.owner, res.key), {})
+        slot = (ref, {})
+        _CACHE[oid] = slot
+        weakref.finalize(res.owner, _CACHE.pop, oid, None)
+    return slot[1].setdefault(res.key, {})
+
+
+def cache_size() -> int:
+    """Number of live cached function entries (for tests and diagnostics)."""
+    return sum(len(s[1]) for s in _CACHE.values()) + len(_STRONG_CACHE)
+
+
+# --------------------------------------------------------------------------------------------
+# Output selection
+# --------------------------------------------------------------------------------------------
+
+
+def select_output(out: Any, output: Any) -> Any:
+    """Pick the array whose unit is differentiated from ``fn``'s output.
+
+    ``output`` is ``None`` (the output itself, which must be an array), an ``int`` (index
+    into a tuple output such as ``(out, intermediates)``), a ``"/"``-separated path (dict
+    keys, sequence indices, attributes; e.g. ``"1/block2/conv"``), or a callable
+    ``output(out) -> array``. A path that ends on a Flax ``capture_intermediates`` node
+    (``{"__call__": (value,)}``) or a ``sow`` tuple takes its last value.
+    """
+    if output is None:
+        node = out
+    elif callable(output):
+        node = output(out)
+    elif isinstance(output, int):
+        node = out[output]
+    elif isinstance(output, str):
+        node = out
+        for part in [p for p in output.split("/") if p]:
+            node = _lookup(node, part, output)
+    else:
+        raise InputTypeError(
+            f"output must be None, an int, a path string or a callable, got {output!r}"
+        )
+    while True:
+        if isinstance(node, Mapping) and "__call__" in node:
+            node = node["__call__"]
+        elif isinstance(node, (tuple, list)) and node and not hasattr(node, "_fields"):
+            node = node[-1]
+        else:
+            break
+    return node
+
+
+def _lookup(node: Any, part: str, path: str) -> Any:
+    if isinstance(node, Mapping):
+        if part in node:
+            return node[part]
+        raise ValueError(f"output path {path!r}: no key {part!r}; keys are {sorted(node)}")
+    if isinstance(node, Sequence) and part.lstrip("-").isdigit():
+        return node[int(part)]
+    if hasattr(node, part):
+        return getattr(node, part)
+    raise ValueError(f"output path {path!r}: cannot look up {part!r} in {type(node).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# The traced core: per-image maps of one chunk
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """Static options of one compiled computation (hashable: part of the cache key)."""
+
+    unit: tuple[int, ...]
+    channels: tuple[int, ...] | None
+    reduce: str
+    convention: str
+    output: Any
+    method: str
+    per_image: bool
+
+
+def _target(out: jax.Array, spec: _Spec, unit: tuple[int, ...]) -> jax.Array:
+    """Per-image scalar ``s_n`` from the batched output ``(B, *spatial_out, C_out)``."""
+    v = out[(slice(None), *unit)]  # (B, C_out)
+    if spec.channels is not None:
+        v = v[:, jnp.asarray(spec.channels)]
+    if spec.convention == "replknet":
+        v = jax.nn.relu(v)
+    if spec.convention == "openerf":
+        return v.mean(axis=-1)
+    return v.sum(axis=-1)
+
+
+def _reduce_map(g: jax.Array, spec: _Spec) -> jax.Array:
+    """Per-image map ``(B, *spatial)`` from the gradient ``(B, *spatial, C)``."""
+    if spec.convention == "openerf":
+        return jnp.maximum(g.mean(axis=-1), 0)
+    r = spec.reduce
+    if r == "abs":
+        e = jnp.abs(g)
+    elif r == "grad":
+        e = g
+    elif r == "relu":
+        e = jnp.maximum(g, 0)
+    else:
+        e = g * g
+    return e.sum(axis=-1)
+
+
+def _input_grad(apply: Callable, x: jax.Array, spec: _Spec, unit: tuple[int, ...]) -> jax.Array:
+    """Per-image gradients ``(B, *spatial, C)`` of ``s_n`` w.r.t. image n of ``x``."""
+    if spec.method == "vmap":
+
+        def one(xi):
+            return _target(select_output(apply(xi[None]), spec.output), spec, unit)[0]
+
+        return jax.vmap(jax.grad(one))(x)
+
+    # Batched VJP: images are independent, so d(sum_n s_n)/dx stacks every d s_n / d x_n.
+    def total(xb):
+        return _target(select_output(apply(xb), spec.output), spec, unit).sum()
+
+    return jax.grad(total)(x)
+
+
+def _place(window_maps: jax.Array, window: tuple[tuple[int, int], ...], shape) -> jax.Array:
+    """Zero-pad maps computed on an input window back to the full spatial shape."""
+    pads = [(0, 0)] + [(a, s - b) for (a, b), s in zip(window, shape, strict=True)]
+    return jnp.pad(window_maps, pads)
+
+
+def _summarise(maps: jax.Array, g: jax.Array, mask: jax.Array, spec: _Spec):
+    """Sum of the finite, valid per-image maps, their count and the non-finite count."""
+    axes = tuple(range(1, g.ndim))
+    finite = jnp.all(jnp.isfinite(g), axis=axes)
+    good = mask & finite
+    shape = (-1,) + (1,) * (maps.ndim - 1)
+    total = jnp.where(good.reshape(shape), maps, 0).sum(axis=0)
+    count = good.sum()
+    bad = (mask & ~finite).sum()
+    per = jnp.where(good.reshape(shape), maps, jnp.nan) if spec.per_image else None
+    return total, count, bad, per
+
+
+def _make_chunk_fn(rebuild, spec: _Spec, mode: str, plan: Any, spatial: tuple[int, ...]):
+    """The jitted ``(dyn, x, mask) -> (sum map, count, nonfinite, per-image maps)``."""
+
+    def run(dyn, x, mask):
+        g, window = _mode_grad(rebuild, dyn, x, spec, mode, plan)
+        maps = _reduce_map(g, spec)
+        if window is not None:
+            maps = _place(maps, window, spatial)
+        return _summarise(maps, g, mask, spec)
+
+    return jax.jit(run)
+
+
+def _mode_grad(rebuild, dyn, x, spec: _Spec, mode: str, plan: Any):
+    """Gradient for one crop mode: ``(g on the evaluated window, window or None)``."""
+    if mode == "none":
+        return _input_grad(rebuild(dyn), x, spec, spec.unit), None
+    window = plan.window
+    xw = x[(slice(None), *(slice(a, b) for a, b in window))]
+    if mode == "input":
+        return _input_grad(rebuild(dyn), xw, spec, plan.unit), window
+    # mode == "cone": the windowed interpreter of fn's (already output-selected) jaxpr.
+    cone_spec = dataclasses.replace(spec, output=None)
+    return _input_grad(functools.partial(plan.apply, dyn), xw, cone_spec, plan.unit), window
+
+
+def _make_full_grad_fn(rebuild, spec: _Spec, mode: str, plan: Any, spatial: tuple[int, ...]):
+    """Jitted raw gradient placed on the full input (for verifying a crop)."""
+
+    def run(dyn, x):
+        g, window = _mode_grad(rebuild, dyn, x, spec, mode, plan)
+        if window is not None:
+            pads = [(0, 0)] + [(a, s - b) for (a, b), s in zip(window, spatial, strict=True)]
+            g = jnp.pad(g, pads + [(0, 0)])
+        return g
+
+    return jax.jit(run)
+
+
+# --------------------------------------------------------------------------------------------
+# Input handling
+# --------------------------------------------------------------------------------------------
+
+
+def _as_batch(b: Any, image_key: str) -> Any:
+    if isinstance(b, Mapping):
+        if image_key not in b:
+            raise ValueError(
+                f"batch is a dict without the image key {image_key!r} (keys: {sorted(b)}); "
+                "pass image_key="
+            )
+        b = b[image_key]
+    if not hasattr(b, "shape") or not hasattr(b, "dtype"):
+        b = np.asarray(b)
+    return b
+
+
+def _check_batch(b: Any, where: str) -> None:
+    if b.ndim < 3 or b.ndim > 5:
+        raise ValueError(
+            f"{where}: expected a batch (N, *spatial, C) with 1 to 3 spatial axes, got shape "
+            f"{tuple(b.shape)} (rank {b.ndim}); is the batch axis missing?"
+        )
+    if not jnp.issubdtype(b.dtype, jnp.floating):
+        raise InputTypeError(
+            f"{where}: the input must be floating point (gradients of integer images are "
+            f"undefined), got dtype {b.dtype}; convert it, e.g. x.astype(np.float32)"
+        )
+    if b.shape[0] == 0:
+        raise ValueError(f"{where}: the batch is empty (N = 0)")
+
+
+def _batches(x: Any, image_key: str):
+    """Yield the batches of ``x`` (one array, or an iterable of arrays or dicts)."""
+    if isinstance(x, (jax.Array, np.ndarray, Mapping)) or (
+        hasattr(x, "shape") and hasattr(x, "dtype")
+    ):
+        yield _as_batch(x, image_key)
+        return
+    if not isinstance(x, Iterable):
+        raise InputTypeError(
+            f"x must be an array (N, *spatial, C) or an iterable of them, got {type(x)}"
+        )
+    yield from (_as_batch(b, image_key) for b in x)
+
+
+def _chunks(batches, batch_size: int | None, multiple: int):
+    """Yield ``(chunk, n_valid)`` with a constant chunk shape (last one edge-padded)."""
+    first_shape = None
+    bs = None
+    for i, b in enumerate(batches):
+        _check_batch(b, f"batch {i}")
+        if first_shape is None:
+            first_shape = tuple(b.shape[1:])
+            bs = batch_size or b.shape[0]
+            bs = -(-bs // multiple) * multiple
+        elif tuple(b.shape[1:]) != first_shape:
+            raise ValueError(
+                f"batch {i} has image shape {tuple(b.shape[1:])}, but the first batch has "
+                f"{first_shape}; all batches must share one image shape"
+            )
+        xp = jnp if isinstance(b, jax.Array) else np
+        for s in range(0, b.shape[0], bs):
+            c = b[s : s + bs]
+            n = c.shape[0]
+            if n < bs:  # pad with copies of the last image: finite, and masked out
+                c = xp.concatenate([c, xp.repeat(c[-1:], bs - n, axis=0)], axis=0)
+            yield c, n
+    if first_shape is None:
+        raise ValueError("x is an empty iterable: no batches to average over")
+
+
+def _progress(total: int | None, desc: str):
+    from tqdm.auto import tqdm
+
+    disable = os.environ.get("RFJAX_NO_PROGRESS", "0") not in ("", "0") or not (
+        hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    )
+    return tqdm(total=total, desc=desc, unit="chunk", disable=disable, leave=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _check_options(reduce, convention, crop, method, channels):
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if reduce is None:
+        reduce = {"paper": "abs", "replknet": "relu", "openerf": "mean-relu"}[convention]
+    elif convention == "replknet" and reduce != "relu":
+        raise ValueError("the 'replknet' convention fixes reduce='relu'; leave reduce unset")
+    elif convention == "openerf":
+        raise ValueError("the 'openerf' convention fixes its reduction; leave reduce unset")
+    elif reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if channels is not None:
+        channels = (int(channels),) if np.ndim(channels) == 0 else tuple(int(c) for c in channels)
+    return reduce, channels
+
+
+def _output_shape(entry: dict, res: _Resolved, output: Any, x_aval) -> tuple[int, ...]:
+    key = ("eval_shape", output, x_aval.shape, x_aval.dtype, _dyn_sig(res.dyn))
+    if key not in entry:
+        out = jax.eval_shape(lambda d, x: select_output(res.rebuild(d)(x), output), res.dyn, x_aval)
+        if not hasattr(out, "shape"):
+            raise ValueError(
+                f"fn's output is a {type(out).__name__}, not an array; select the array with "
+                "output= (an index, a path like '1/block2' or a callable)"
+            )
+        entry[key] = tuple(out.shape)
+    return entry[key]
+
+
+def _dyn_sig(dyn: Any) -> Hashable:
+    leaves, treedef = jax.tree_util.tree_flatten(dyn)
+    return treedef, tuple(
+        (tuple(np.shape(v)), str(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype))
+        for v in leaves
+    )
+
+
+def _check_unit(unit, out_shape, n: int) -> tuple[int, ...]:
+    if len(out_shape) < 3:
+        raise ValueError(
+            f"fn's output has shape {out_shape}: it needs (N, *spatial, C) with at least one "
+            "spatial axis to pick a unit from (an output without spatial axes has no ERF map)"
+        )
+    if out_shape[0] != n:
+        raise ValueError(
+            f"fn's output has leading size {out_shape[0]} for a batch of {n} images; the "
+            "first axis of input and output must be the batch axis"
+        )
+    spatial = out_shape[1:-1]
+    if unit is None:
+        return tuple(s // 2 for s in spatial)
+    unit = tuple(int(u) for u in np.atleast_1d(unit))
+    if len(unit) != len(spatial) or any(not 0 <= u < s for u, s in zip(unit, spatial, strict=True)):
+        raise ValueError(f"unit {unit} is outside the output's spatial shape {spatial}")
+    return unit
+
+
+def erf(
+    fn: Callable,
+    x: Any,
+    unit: Sequence[int] | None = None,
+    reduce: str | None = None,
+    batch_size: int | None = None,
+    *,
+    channels: int | Sequence[int] | None = None,
+    convention: str = "paper",
+    output: Any = None,
+    crop: str = "auto",
+    per_image: bool = False,
+    method: str = "vjp",
+    image_key: str = "image",
+    shard: bool = True,
+    verify: bool = True,
+    progress: bool = True,
+) -> ERF:
+    """The effective receptive field of one output unit of ``fn``, averaged over images.
+
+    Args:
+      fn: any JAX callable of one array, ``(N, *spatial, C) -> (N, *spatial_out, C_out)``:
+        a plain function, ``functools.partial(module.apply, params)``, an NNX or Equinox
+        module. Images must not interact (inference-mode normalisation).
+      x: a float batch ``(N, *spatial, C)`` with 1 to 3 spatial axes, or an iterable of such
+        batches (a generator, a TFDS/grain iterator) yielding arrays or dicts (the image under
+        ``image_key``). All batches share one image shape.
+      unit: output spatial indices; default the centre ``(H_out // 2, W_out // 2, ...)``.
+      reduce: per-element reduction ``"abs"`` (default for ``convention="paper"``), ``"grad"``,
+        ``"relu"`` or ``"square"``; leave unset for the other conventions.
+      batch_size: images per compiled chunk (default: the first batch's size). The last chunk
+        is padded to this size and the padding masked out, so one shape is compiled.
+      channels: output channel(s) whose sum is the target (default all).
+      convention: ``"paper"``, ``"replknet"`` or ``"openerf"`` (see the module docstring).
+      output: selects the array from ``fn``'s output (see :func:`select_output`).
+      crop: ``"auto"`` (the cone if it can be derived, else an input window, else nothing),
+        ``"cone"``, ``"input"`` or ``"none"``. A crop is verified on the first image against
+        the uncropped gradient (``verify=True``) and dropped with a warning if it differs.
+      per_image: also return every image's map (``ERF.per_image``).
+      method: ``"vjp"`` (one batched VJP, the default, faster) or ``"vmap"`` (vmap of grad).
+      image_key: key of the image in dict batches.
+      shard: shard each chunk's batch axis over ``jax.devices()`` when there are several.
+      verify: check a crop against the uncropped gradient on the first image.
+      progress: show a tqdm bar over chunks (never when stderr is not a terminal or
+        ``RFJAX_NO_PROGRESS=1``).
+
+    Returns:
+      :class:`ERF` with ``map`` of the input's spatial shape, in the input's float dtype.
+
+    Raises:
+      ValueError: a wrong input rank or missing batch axis, a unit outside the output, an empty
+        iterable, batches of different shapes, an unknown ``reduce``/``convention``/``crop``,
+        an output without spatial axes.
+      InputTypeError: (a ``TypeError`` and ``ValueError``) a non-callable ``fn``, a non-float
+        input.
+    """
+    res = _resolve(fn)
+    reduce, channels = _check_options(reduce, convention, crop, method, channels)
+    devices = jax.devices()
+    ndev = len(devices) if shard else 1
+    sharding = None
+    if ndev > 1:
+        mesh = Mesh(np.asarray(devices), ("batch",))
+        sharding = NamedSharding(mesh, PartitionSpec("batch"))
+
+    batches = _batches(x, image_key)
+    total = None
+    if hasattr(x, "shape"):
+        _check_batch(x, "x")
+        bs = -(-(batch_size or x.shape[0]) // ndev) * ndev
+        total = -(-x.shape[0] // bs)
+    chunks = _chunks(batches, batch_size, ndev)
+
+    entry = _cache_entry(res)
+    acc = None
+    count = bad = 0
+    per_list: list = []
+    state = None
+    with _progress(total, "ERF") as bar:
+        for chunk, n in chunks:
+            if state is None:
+                state = _prepare(entry, res, chunk, unit, reduce, channels, convention, output,
+                                 crop, per_image, method, verify)
+            if sharding is not None:
+                chunk = jax.device_put(chunk, sharding)
+                mask = jax.device_put(np.arange(chunk.shape[0]) < n, sharding)
+            else:
+                mask = np.arange(chunk.shape[0]) < n
+            s, c, b, per = state["fn"](res.dyn, chunk, mask)
+            acc = s if acc is None else acc + s
+            count = count + c
+            bad = bad + b
+            if per_image:
+                per_list.append(per[:n])
+            bar.update(1)
+    count = int(count)
+    spec = state["spec"]
+    mean = acc / count if count else jnp.zeros_like(acc)
+    per = jnp.concatenate(per_list, axis=0) if per_image else None
+    return ERF(mean, count, int(bad), spec.unit, per, reduce, convention, state["mode"])
+
+
+def _prepare(entry, res, chunk, unit, reduce, channels, convention, output, crop, per_image,
+             method, verify) -> dict:
+    """Resolve the unit, pick and verify the crop mode, fetch the compiled chunk function."""
+    x_aval = jax.ShapeDtypeStruct(chunk.shape, chunk.dtype)
+    out_shape = _output_shape(entry, res, output, x_aval)
+    unit = _check_unit(unit, out_shape, chunk.shape[0])
+    spec = _Spec(unit, channels, reduce, convention, output, method, per_image)
+    spatial = tuple(chunk.shape[1:-1])
+    mode, plan = "none", None
+    if crop != "none":
+        from rfjax import cone
+
+        mode, plan = cone.plan_crop(entry, res, spec, x_aval, out_shape, crop)
+    if mode != "none" and verify:
+        mode, plan = _verify(entry, res, spec, mode, plan, chunk, spatial, crop)
+    fkey = ("chunk", spec, mode, plan, x_aval.shape, str(x_aval.dtype))
+    if fkey not in entry:
+        entry[fkey] = _make_chunk_fn(res.rebuild, spec, mode, plan, spatial)
+    return {"fn": entry[fkey], "spec": spec, "mode": mode}
+
+
+def _verify(entry, res, spec, mode, plan, chunk, spatial, crop):
+    """Compare the cropped gradient of the first image with the uncropped one."""
+    x1 = chunk[:1]
+    grads = {}
+    for m, p in ((mode, plan), ("none", None)):
+        key = ("grad", spec, m, p, x1.shape, str(x1.dtype))
+        if key not in entry:
+            entry[key] = _make_full_grad_fn(res.rebuild, spec, m, p, spatial)
+        grads[m] = np.asarray(entry[key](res.dyn, x1))
+    a, b = grads[mode], grads["none"]
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return mode, plan  # nothing to compare on a non-finite image
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    tol = 1e-4 if b.dtype == np.float32 else 1e-10
+    if np.allclose(a, b, rtol=tol, atol=tol * max(scale, 1e-30)):
+        return mode, plan
+    warnings.warn(
+        f"rfjax.erf: the {mode!r} crop changed the gradient of the first image (max abs "
+        f"difference {float(np.max(np.abs(a - b))):.3g} against max {scale:.3g}); fn is not "
+        "translation-equivariant and local there, so the uncropped gradient is used",
+        stacklevel=4,
+    )
+    del crop
+    return "none", None
+
+
+# --------------------------------------------------------------------------------------------
+# Intermediate units and weight draws
+# --------------------------------------------------------------------------------------------
+
+
+def _intermediate_apply(module, name, collection, variables, x):
+    """``module.apply`` returning the value captured or sown under ``name``."""
+    path = tuple(p for p in name.split("/") if p)
+
+    def filt(mdl, method_name):
+        return method_name == "__call__" and tuple(mdl.path) == path
+
+    out, state = module.apply(variables, x, capture_intermediates=filt, mutable=[collection])
+    node = state.get(collection, {})
+    try:
+        return select_output(node, name)
+    except ValueError:
+        pass
+    # A model that returns (out, intermediates): look the name up in its own dict.
+    if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], Mapping):
+        return select_output(out[1], name)
+    raise ValueError(
+        f"no intermediate named {name!r}: captured/sown names in {collection!r} are "
+        f"{_names(node)}"
+    )
+
+
+def _names(node, prefix=""):
+    if isinstance(node, Mapping):
+        out = []
+        for k, v in node.items():
+            if k == "__call__":
+                out.append(prefix.rstrip("/"))
+            else:
+                out.extend(_names(v, f"{prefix}{k}/"))
+        return out
+    return [prefix.rstrip("/")]
+
+
+def erf_intermediate(
+    module: Any,
+    variables: Any,
+    x: Any,
+    name: str,
+    *,
+    collection: str = "intermediates",
+    **kwargs: Any,
+) -> ERF:
+    """The ERF of a unit of an inner layer of a Flax linen model, addressed by name.
+
+    ``name`` is the submodule path as in ``capture_intermediates`` (``"Conv_3"``,
+    ``"block2/conv"``), or a name ``sow``n into ``collection`` (e.g. ``self.sow(
+    "intermediates", "feat", h)`` -> ``name="feat"``), or a key of the intermediates dict of a
+    model that returns ``(out, intermediates)``. The layer's output must be ``(N, *spatial,
+    C)``. ``kwargs`` go to :func:`erf` (``unit`` indexes the layer's output). Cached per module
+    and name like :func:`erf`.
+    """
+    if not hasattr(module, "apply"):
+        raise InputTypeError(f"module must be a Flax linen Module, got {type(module)}")
+    fn = functools.partial(_intermediate_apply, module, name, collection, variables)
+    return erf(fn, x, **kwargs)
+
+
+def erf_weight_draws(
+    init_fn: Callable[[jax.Array], Any],
+    apply_fn: Callable[[Any, jax.Array], jax.Array],
+    keys: jax.Array,
+    x: jax.Array,
+    unit: Sequence[int] | None = None,
+    reduce: str | None = None,
+    *,
+    channels: int | Sequence[int] | None = None,
+    convention: str = "paper",
+    output: Any = None,
+    method: str = "vjp",
+) -> tuple[ERF, jax.Array]:
+    """The ERF averaged over random weight draws (the paper's protocol), vmapped over keys.
+
+    Args:
+      init_fn: ``init_fn(key) -> params``.
+      apply_fn: ``apply_fn(params, x) -> (N, *spatial_out, C_out)``.
+      keys: PRNG keys ``(K,)`` (new-style) or ``(K, 2)`` (raw uint32).
+      x: one float batch ``(N, *spatial, C)``, used for every draw.
+
+    Returns:
+      ``(mean, per_draw)``: ``mean`` an :class:`ERF` whose map is the mean over draws of each
+      draw's image-averaged map (``count`` = finite (draw, image) pairs), and ``per_draw``
+      ``(K, *spatial)`` the per-draw maps (NaN for a draw where every image was non-finite).
+    """
+    if not callable(init_fn) or not callable(apply_fn):
+        raise InputTypeError("init_fn and apply_fn must be callable")
+    reduce, channels = _check_options(reduce, convention, "none", method, channels)
+    x = _as_batch(x, "image")
+    _check_batch(x, "x")
+    res = _resolve(apply_fn)
+    entry = _cache_entry(res)
+    params0 = jax.eval_shape(init_fn, keys[0])
+    key = ("draws-shape", init_fn, output, x.shape, str(x.dtype))
+    if key not in entry:
+        out = jax.eval_shape(
+            lambda d, p, xx: select_output(res.rebuild(d)(p, xx), output), res.dyn, params0, x
+        )
+        entry[key] = tuple(getattr(out, "shape", ()))
+    unit = _check_unit(unit, entry[key], x.shape[0])
+    spec = _Spec(unit, channels, reduce, convention, output, method, False)
+    fkey = ("draws", init_fn, spec, x.shape, str(x.dtype))
+    if fkey not in entry:
+        rebuild = res.rebuild
+
+        def run(dyn, keys, x):
+            def one(k):
+                params = init_fn(k)
+                g = _input_grad(functools.partial(rebuild(dyn), params), x, spec, spec.unit)
+                maps = _reduce_map(g, spec)
+                mask = jnp.ones(x.shape[0], bool)
+                return _summarise(maps, g, mask, spec)[:3]
+
+            return jax.vmap(one)(keys)
+
+        entry[fkey] = jax.jit(run)
+    sums, counts, bads = entry[fkey](res.dyn, keys, x)
+    per_draw = sums / jnp.where(counts > 0, counts, jnp.nan).reshape((-1,) + (1,) * (x.ndim - 2))
+    ok = counts > 0
+    mean = jnp.where(ok.reshape(per_draw.shape[:1] + (1,) * (per_draw.ndim - 1)), per_draw, 0)
+    n_ok = int(ok.sum())
+    mean = mean.sum(axis=0) / max(n_ok, 1)
+    result = ERF(mean, int(counts.sum()), int(bads.sum()), unit, None, reduce, convention, "none")
+    return result, per_draw
