@@ -100,16 +100,14 @@ def test_random_linear_stacks_grow_like_sqrt_depth():
     depths = [4, 8, 16, 32]
     widths = []
     x = jnp.zeros((1, 161, 2))
-    keys = jax.random.split(jax.random.key(0), 48)
+    keys = jax.random.split(jax.random.key(0), 40)
     for n in depths:
 
         def init_fn(key, n=n):
             return jax.random.normal(key, (n, 3, 2, 2))
 
         def apply_fn(ks, v):
-            for i in range(ks.shape[0]):
-                v = conv(v, ks[i])
-            return v
+            return jax.lax.scan(lambda h, k: (conv(h, k), None), v, ks)[0]
 
         _, per_draw = erf_weight_draws(init_fn, apply_fn, keys, x, reduce="square")
         m = np.asarray(per_draw, np.float64)
@@ -133,7 +131,9 @@ def test_weight_draws_mean_matches_separate_calls():
         return jnp.tanh(conv(v, k))
 
     mean, per_draw = erf_weight_draws(init_fn, apply_fn, keys, x)
-    singles = [np.asarray(erf(functools.partial(apply_fn, init_fn(k)), x).map) for k in keys]
+    singles = [
+        np.asarray(erf(functools.partial(apply_fn, init_fn(k)), x, crop="none").map) for k in keys
+    ]
     np.testing.assert_allclose(np.asarray(per_draw), np.stack(singles), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(mean.map), np.mean(singles, 0), rtol=1e-5, atol=1e-7)
     assert mean.count == 6 and per_draw.shape == (3, 11, 11)
@@ -157,11 +157,9 @@ def make_params(seed=5, cin=3, cout=4):
 
 
 def manual_maps(params, x, target, post):
-    maps = []
-    for i in range(x.shape[0]):
-        g = jax.grad(lambda v: target(two_layer(params, v[None])[0]))(x[i])
-        maps.append(post(np.asarray(g)))
-    return np.mean(maps, axis=0)
+    """The public scripts' loop: one image at a time, its gradient, then the reduction."""
+    grads = jax.jit(jax.vmap(jax.grad(lambda v: target(two_layer(params, v[None])[0]))))(x)
+    return np.mean([post(np.asarray(g)) for g in grads], axis=0)
 
 
 def test_paper_reductions_match_a_per_image_loop():
@@ -189,13 +187,13 @@ def test_replknet_and_openerf_conventions():
     params = make_params(7)
     x = jax.random.normal(jax.random.key(8), (4, 12, 12, 3))
     fn = functools.partial(two_layer, params)
-    rep = erf(fn, x, convention="replknet")
+    rep = erf(fn, x, crop="none", convention="replknet")
     want = manual_maps(
         params, x, lambda o: jax.nn.relu(o[6, 6]).sum(), lambda g: np.maximum(g, 0).sum(-1)
     )
     np.testing.assert_allclose(np.asarray(rep.map), want, rtol=2e-5, atol=1e-6)
     assert rep.reduce == "relu" and rep.convention == "replknet"
-    ope = erf(fn, x, convention="openerf")
+    ope = erf(fn, x, crop="none", convention="openerf")
     want = manual_maps(params, x, lambda o: o[6, 6].mean(), lambda g: np.maximum(g.mean(-1), 0))
     np.testing.assert_allclose(np.asarray(ope.map), want, rtol=2e-5, atol=1e-6)
     with pytest.raises(ValueError, match="replknet"):
@@ -208,10 +206,10 @@ def test_channel_selection_and_vmap_method():
     params = make_params(9)
     x = jax.random.normal(jax.random.key(10), (3, 10, 10, 3))
     fn = functools.partial(two_layer, params)
-    r = erf(fn, x, channels=[1, 3], reduce="grad")
+    r = erf(fn, x, crop="none", channels=[1, 3], reduce="grad")
     want = manual_maps(params, x, lambda o: o[5, 5, 1] + o[5, 5, 3], lambda g: g.sum(-1))
     np.testing.assert_allclose(np.asarray(r.map), want, rtol=2e-5, atol=1e-6)
-    v = erf(fn, x, method="vmap", reduce="grad", channels=[1, 3])
+    v = erf(fn, x, crop="none", method="vmap", reduce="grad", channels=[1, 3])
     np.testing.assert_allclose(np.asarray(v.map), np.asarray(r.map), rtol=1e-5, atol=1e-7)
 
 
@@ -252,11 +250,11 @@ def test_nonfinite_images_are_excluded_and_counted():
 
     x = np.abs(np.random.default_rng(13).normal(size=(5, 7, 7, 1))).astype(np.float32) + 0.1
     x[[1, 3], 0, 0, 0] = -1.0
-    r = erf(fn, x, per_image=True)
+    r = erf(fn, x, crop="none", per_image=True)
     assert r.count == 3 and r.nonfinite == 2
     assert np.all(np.isfinite(np.asarray(r.map)))
     assert np.all(np.isnan(np.asarray(r.per_image[1]))) and np.all(np.isnan(r.per_image[3]))
-    good = erf(fn, x[[0, 2, 4]])
+    good = erf(fn, x[[0, 2, 4]], crop="none")
     np.testing.assert_allclose(np.asarray(r.map), np.asarray(good.map), rtol=1e-6)
 
 
@@ -276,16 +274,16 @@ class LinenNet(nn.Module):
 def test_linen_nnx_equinox_and_plain_functions_agree():
     x = jax.random.normal(jax.random.key(14), (2, 9, 9, 3))
     nnx_conv = nnx.Conv(3, 5, (3, 3), rngs=nnx.Rngs(0))
-    ref = erf(lambda v: nnx_conv(v), x)
-    got = erf(nnx_conv, x)
+    ref = erf(lambda v: nnx_conv(v), x, crop="none")
+    got = erf(nnx_conv, x, crop="none")
     np.testing.assert_allclose(np.asarray(got.map), np.asarray(ref.map), rtol=1e-6)
     eqx_conv = eqx.nn.Conv2d(3, 5, 3, padding=1, key=jax.random.key(1))
 
     def batched(m, v):  # equinox is unbatched and channels-first
         return jnp.moveaxis(jax.vmap(m)(jnp.moveaxis(v, -1, 1)), 1, -1)
 
-    got = erf(eqx.Partial(batched, eqx_conv), x)  # an Equinox pytree callable
-    ref = erf(lambda v: batched(eqx_conv, v), x)
+    got = erf(eqx.Partial(batched, eqx_conv), x, crop="none")  # an Equinox pytree callable
+    ref = erf(lambda v: batched(eqx_conv, v), x, crop="none")
     np.testing.assert_allclose(np.asarray(got.map), np.asarray(ref.map), rtol=1e-6)
 
 
@@ -330,11 +328,11 @@ def test_intermediate_units_by_name():
     def conv1_only(v):
         return nn.Conv(4, (3, 3)).apply({"params": p1}, v)
 
-    want = erf(conv1_only, x)
+    want = erf(conv1_only, x, crop="none")
     got = erf_intermediate(model, variables, x, "conv1")
     np.testing.assert_allclose(np.asarray(got.map), np.asarray(want.map), rtol=1e-6)
     sown = erf_intermediate(model, variables, x, "feat", unit=(2, 3))
-    want = erf(lambda v: jax.nn.relu(conv1_only(v)), x, unit=(2, 3))
+    want = erf(lambda v: jax.nn.relu(conv1_only(v)), x, crop="none", unit=(2, 3))
     np.testing.assert_allclose(np.asarray(sown.map), np.asarray(want.map), rtol=1e-6)
 
     def with_inter(v):  # a model returning (out, intermediates)
@@ -342,7 +340,8 @@ def test_intermediate_units_by_name():
         return h.sum(), {"block": {"conv": h}}
 
     got = erf(with_inter, x, output="1/block/conv")
-    np.testing.assert_allclose(np.asarray(got.map), np.asarray(erf(conv1_only, x).map), 1e-6)
+    want = erf(conv1_only, x, crop="none")
+    np.testing.assert_allclose(np.asarray(got.map), np.asarray(want.map), 1e-6)
     with pytest.raises(ValueError, match="conv9"):
         erf_intermediate(model, variables, x, "conv9")
 
