@@ -137,7 +137,7 @@ def estimate_slopes(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         last = np.take(arr, arr.shape[j] - 1, axis=j)
         ok = np.isfinite(first) & np.isfinite(last)
         if np.any(ok):
-            out[j] = float(np.mean((last - first)[ok])) / (n - 1)
+            out[j] = float(np.mean(last[ok] - first[ok])) / (n - 1)
     return out
 
 
@@ -357,7 +357,12 @@ def forward(jaxpr: jcore.Jaxpr, consts: Sequence[Any], in_infos: Sequence[Info |
                     s = np.asarray(i.slope[a], dtype=float)
                     if s.shape != (len(shape),):
                         s = np.zeros(len(shape))
-                    i.slope[a] = np.where(big, estimate_slopes(i.lo[a], shape), s)
+                    est = estimate_slopes(i.lo[a], shape)
+                    n = np.maximum(np.array(shape, dtype=float) - 1, 1)
+                    # keep the rule's exact jump (e.g. 1/2 after a transposed conv) when the
+                    # arrays agree with it up to rounding; otherwise trust the arrays
+                    keep = (s != 0) & (np.abs(s - est) * n <= 1.0)
+                    i.slope[a] = np.where(big & ~keep, est, s)
         for o, i in zip(eqn.outvars, out_infos, strict=True):
             if i is not None and not isinstance(o, jcore.DropVar):
                 env.info[o] = i

@@ -409,8 +409,9 @@ def _closed_form(L: np.ndarray, H: np.ndarray, slopes: np.ndarray, n: int,
     ext = (H - L + 1)[fin]
     size = int(ext.max())
     const = bool(np.all(L[fin] == L[fin].flat[0]) and np.all(H[fin] == H[fin].flat[0]))
-    moves = [j for j in range(L.ndim) if L.shape[j] >= 2 and not np.all(
-        np.diff(L, axis=j)[np.isfinite(np.diff(L, axis=j))] == 0)]
+    Lz = np.where(fin, L, 0.0)
+    moves = [j for j in range(L.ndim) if L.shape[j] >= 2 and np.any(np.diff(Lz, axis=j)
+                                                                    [_both(fin, j)] != 0)]
     moves += [j for j in range(L.ndim) if L.shape[j] == 1 and j < len(slopes)
               and slopes[j] != 0]
     if allow_global and const and not moves and L.flat[0] <= 0 and H.flat[0] >= n - 1:
@@ -419,11 +420,13 @@ def _closed_form(L: np.ndarray, H: np.ndarray, slopes: np.ndarray, n: int,
         return size, 0, int(-L[fin].flat[0]), False, bool(fin.all())
     # The output axis that follows this input axis: the one with the largest jump.
     def jump(j):
+        if j < len(slopes) and slopes[j] != 0:
+            return float(slopes[j])
         if L.shape[j] >= 2:
             first = np.take(L, 0, axis=j)
             last = np.take(L, L.shape[j] - 1, axis=j)
             ok = np.isfinite(first) & np.isfinite(last)
-            return float(np.mean((last - first)[ok])) / (L.shape[j] - 1) if ok.any() else 0.0
+            return float(np.mean(last[ok] - first[ok])) / (L.shape[j] - 1) if ok.any() else 0.0
         return float(slopes[j])
 
     j = max(moves, key=lambda jj: abs(jump(jj)))
@@ -479,3 +482,9 @@ def _var_summary(info: P.Info, a: int, shape, n: int):
     first = first[np.isfinite(first)]
     padding = int(-first.min()) if first.size else 0
     return size, _num(sl[j]), padding, False
+
+
+def _both(fin: np.ndarray, j: int) -> np.ndarray:
+    """Pairs of neighbours along axis j that are both finite."""
+    n = fin.shape[j]
+    return np.take(fin, range(n - 1), axis=j) & np.take(fin, range(1, n), axis=j)
