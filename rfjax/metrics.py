@@ -86,7 +86,8 @@ class GaussianFit:
       amplitude: scalar, the peak value of the fitted model.
       r2: scalar, goodness of fit ``1 - sum((m - g)**2) / sum((m - mean(m))**2)`` where ``g``
         is the fitted Gaussian sampled on the map's grid. 1 is a perfect fit; a box-shaped map
-        gives about 0.8; lower means "less Gaussian".
+        gives about 0.8; lower means "less Gaussian". NaN for a constant map (nothing to
+        explain).
       rel_l2: scalar, ``||m - g||_2 / ||m||_2`` (0 is a perfect fit).
       refined: whether the parameters come from the least-squares refinement.
     """
@@ -242,7 +243,9 @@ def _gaussian_on_grid(shape, mean: Array, sigma: Array, dtype) -> Array:
 
 def _goodness(m: Array, g: Array) -> tuple[Array, Array]:
     resid = jnp.sum((m - g) ** 2)
-    r2 = 1.0 - resid / jnp.sum((m - jnp.mean(m)) ** 2)
+    spread = jnp.sum((m - jnp.mean(m)) ** 2)
+    # a constant map has no spread to explain: R^2 is undefined there (NaN, not -inf)
+    r2 = jnp.where(spread > 0, 1.0 - resid / jnp.where(spread > 0, spread, 1.0), jnp.nan)
     rel_l2 = jnp.sqrt(resid) / jnp.sqrt(jnp.sum(m**2))
     return r2, rel_l2
 
@@ -329,7 +332,8 @@ def _refine(m: np.ndarray, init: GaussianFit) -> GaussianFit:
     theta = res.x
     g = model(theta)
     resid = np.sum((m - g) ** 2)
-    r2 = 1.0 - resid / np.sum((m - m.mean()) ** 2)
+    spread = np.sum((m - m.mean()) ** 2)
+    r2 = 1.0 - resid / spread if spread > 0 else math.nan
     rel_l2 = math.sqrt(resid) / math.sqrt(np.sum(m**2))
     dtype = init.mean.dtype
     return GaussianFit(
@@ -464,13 +468,16 @@ def erf_trf_ratio(erf: Size | ArrayLike, trf) -> SizeRatio:
       erf: a ``Size`` (its ``area`` is used for the area ratio) or per-axis ERF extents
         ``(ndim,)`` (then the area ratio is the product of the per-axis ratios).
       trf: the theoretical receptive field size, one number per axis ``(ndim,)`` or a single
-        number for every axis (e.g. the per-axis sizes from ``rfjax.trf``, or
-        ``rfjax.theory.stack_trf_size``).
+        number for every axis, e.g. ``rfjax.trf(fn, x).size`` or
+        ``rfjax.theory.stack_trf_size(...)``; an object with a tuple ``size`` attribute (the
+        ``TRF`` result itself) is read through it.
 
     Returns:
       ``SizeRatio(axis=erf_extent / trf, area=erf_area / prod(trf))``. The paper's "ERF/TRF
       ratio shrinks like 1/sqrt(n)" is the per-axis ratio. Jit-able.
     """
+    if isinstance(getattr(trf, "size", None), tuple):  # an rfjax.trf.TRF (duck-typed)
+        trf = trf.size
     extent = erf.extent if isinstance(erf, Size) else jnp.asarray(erf)
     if extent.ndim != 1:
         raise ValueError(f"erf extents must be 1-D (one per axis), got shape {extent.shape}")

@@ -100,6 +100,13 @@ def test_delta_map_has_zero_sigma_and_perfect_fit():
     assert float(fit.r2) == 1.0
 
 
+def test_constant_map_has_undefined_r2():
+    fit = JIT_FIT(jnp.ones((5, 7)))
+    assert np.isnan(fit.r2)
+    np.testing.assert_allclose(fit.sigma, [math.sqrt(2.0), math.sqrt(4.0)], rtol=1e-6)
+    assert np.isfinite(fit.rel_l2)
+
+
 def test_refine_recovers_truncated_gaussian():
     # centre near the border: the moments see a cut-off Gaussian and underestimate sigma
     m = gaussian_map((40, 40), (4.0, 20.0), (5.0, 3.0))
@@ -209,6 +216,10 @@ def test_size_ratio():
     scalar = M.erf_trf_ratio([6.0, 12.0], 24)
     np.testing.assert_allclose(scalar.axis, [0.25, 0.5])
     np.testing.assert_allclose(scalar.area, 0.125)
+    class FakeTRF:  # rfjax.trf.TRF's interface: a per-axis tuple ``size``
+        size = (24, 40)
+
+    np.testing.assert_allclose(M.erf_trf_ratio(size, FakeTRF()).axis, [0.5, 0.4], rtol=1e-4)
     thr = M.threshold_size(box_map((10, 10), (2, 2), (5, 6)))
     np.testing.assert_allclose(M.erf_trf_ratio(thr, (6, 8)).area, 12 / 48)
 
@@ -234,7 +245,7 @@ def replknet_reference(m, thresholds, log=True):
     return out
 
 
-@pytest.mark.parametrize("shape", [(64, 64), (31, 31), (40, 52), (9, 9)])
+@pytest.mark.parametrize("shape", [(64, 64), (31, 31), (40, 52), (9, 9), (3, 5)])
 @pytest.mark.parametrize("log", [True, False])
 def test_high_contribution_area_ratio_matches_replknet(x64, shape, log):
     rng = np.random.default_rng(shape[0] + shape[1])

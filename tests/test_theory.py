@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from rfjax import metrics as M
 from rfjax import theory as T
 
 
@@ -281,6 +282,27 @@ def test_sqrt_n_growth_and_ratio():
     limit = 4 * math.sqrt(8 / 12) / 2
     np.testing.assert_allclose(box.ratio * np.sqrt(big), limit, rtol=1e-4)
     np.testing.assert_allclose(T.depth_scaling(3, depths).sigma, T.uniform_sigma(3, depths))
+
+
+def test_metrics_on_theory_maps_agree_with_closed_forms():
+    """rfjax.metrics applied to the exact maps gives the closed-form sizes and ratios."""
+    size_fn = jax.jit(M.erf_size)
+    r2 = []
+    for n in (2, 4, 8, 16):
+        m = T.uniform_erf(3, n, normalize=True)
+        size = size_fn(m)
+        np.testing.assert_allclose(size.extent, [4 * T.uniform_sigma(3, n)] * 2, rtol=1e-5)
+        ratio = M.erf_trf_ratio(size, T.stack_trf_size([3] * n))
+        np.testing.assert_allclose(ratio.axis, [T.depth_scaling(3, [n]).ratio[0]] * 2,
+                                   rtol=1e-5)
+        r2.append(float(M.fit_gaussian(m).r2))
+    assert r2 == sorted(r2) and r2[-1] > 0.999  # the CLT at work: ever more Gaussian
+    m = T.linear_stack_erf([np.ones((3, 3))] * 4, strides=[1, 2, 1, 1], dilations=[1, 1, 2, 1])
+    np.testing.assert_allclose(
+        M.gaussian_size(m).extent,
+        4 * T.stack_sigma([np.ones((3, 3))] * 4, [1, 2, 1, 1], [1, 1, 2, 1]),
+        rtol=1e-5,
+    )
 
 
 # ------------------------------------------------------------------------------ bad input
