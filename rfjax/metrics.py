@@ -2,10 +2,12 @@
 
 Every function here is a pure function of a map ``m``: a real array of shape ``(H, W)``
 (1-D ``(L,)`` and 3-D ``(D, H, W)`` maps are accepted wherever the definition is natural),
-typically ``rfjax.erf(...).map``. Coordinates are array indices (pixels, row first). All
-functions can be called under ``jax.jit``; arguments that change the output shape or the code
-path (``method``, ``reference``, ``thresholds``, ``max_radius``...) are static and listed as
-``static_argnames`` in each function's docstring.
+typically ``rfjax.erf(...).map`` (the ``rfjax.erf`` result itself is accepted too: any object
+with an array attribute ``map`` is read through it). Coordinates are array indices (pixels,
+row first). All functions can be called under ``jax.jit``; arguments that change the output
+shape or the code path (``method``, ``reference``, ``thresholds``, ``max_radius``...) are
+static and listed as ``static_argnames`` in each function's docstring. Eager calls run a
+jitted core too (compiled once per shape and static configuration).
 
 Validity. The maps are read as nonnegative weights (``reduce="abs"``, ``"relu"`` or
 ``"square"`` maps; take ``abs`` of a signed ``"grad"`` map first). A map with a negative or
@@ -141,7 +143,12 @@ def _is_traced(x: object) -> bool:
 
 
 def _as_map(m: ArrayLike, ndims: Sequence[int] = (1, 2, 3), name: str = "map") -> Array:
-    """Validate a map; shape/dtype always, values only when concrete (see module docstring)."""
+    """Validate a map; shape/dtype always, values only when concrete (see module docstring).
+
+    An object with an array attribute ``map`` (an ``rfjax.erf`` result) is read through it."""
+    inner = getattr(m, "map", None)
+    if not isinstance(m, (jax.Array, np.ndarray)) and isinstance(inner, (jax.Array, np.ndarray)):
+        m = inner
     if not isinstance(m, (jax.Array, np.ndarray, np.generic, int, float, list, tuple)):
         raise TypeError(f"{name} must be an array, got {type(m).__name__}")
     arr = jnp.asarray(m)
@@ -278,8 +285,9 @@ def fit_gaussian(m: ArrayLike, *, refine: bool = False) -> GaussianFit:
     unit mass and read as a distribution over pixel indices; ``mean`` is its first moment and
     ``sigma[a]`` the square root of its variance along axis ``a``. The fitted model ``g`` is the
     Gaussian with that mean and sigma sampled on the grid and scaled to the map's total mass.
-    For a sampled Gaussian with ``sigma >= 1`` pixel that fits inside the map the moments are
-    exact to about 1e-6 relative; a Gaussian cut off by the map's border has its sigma
+    For a sampled Gaussian with ``sigma >= 1`` pixel whose map extends at least 5 sigma either
+    side of the centre, the moments are exact to float precision (the discretisation error is
+    about ``exp(-2 pi^2 sigma^2)``); a Gaussian cut off by the map's border has its sigma
     underestimated (use ``refine=True``).
 
     Least-squares refinement (``refine=True``; host only, raises under ``jax.jit``): starting
@@ -378,14 +386,6 @@ def _gaussian_size(arr: Array, area: str) -> Size:
     return Size(extent=extent, area=a, method="gaussian")
 
 
-def _reference_value(arr: Array, reference) -> Array:
-    if reference == "max":
-        return jnp.max(arr)
-    if reference == "centre":
-        return arr[_centre_index(arr.shape)]
-    return arr[reference]
-
-
 def threshold_size(
     m: ArrayLike, *, reference="max", fraction: float = PAPER_FRACTION
 ) -> Size:
@@ -410,19 +410,22 @@ def threshold_size(
     if not (isinstance(fraction, (int, float)) and 0.0 <= fraction < 1.0):
         raise ValueError(f"fraction must be a number in [0, 1), got {fraction!r}")
     arr = _as_map(m)
-    if not isinstance(reference, str):
-        reference = _check_point(reference, arr.shape, "reference", integer=True)
-        reference = tuple(int(v) for v in reference)
-    elif reference not in ("max", "centre"):
-        raise ValueError(f"reference must be 'max', 'centre' or a tuple of indices, "
-                         f"got {reference!r}")
-    return _threshold_size(arr, reference, float(fraction))
+    if isinstance(reference, str):
+        if reference not in ("max", "centre"):
+            raise ValueError(f"reference must be 'max', 'centre' or a tuple of indices, "
+                             f"got {reference!r}")
+        index = _centre_index(arr.shape)
+    else:
+        index = _check_point(reference, arr.shape, "reference", integer=True)
+    # Index and fraction are traced, so every reference and fraction shares one compilation.
+    index = tuple(jnp.asarray(int(i), jnp.int32) for i in index)
+    return _threshold_size(arr, reference == "max", index, jnp.asarray(fraction, arr.dtype))
 
 
-@partial(jax.jit, static_argnums=(1, 2))
-def _threshold_size(arr: Array, reference, fraction: float) -> Size:
+@partial(jax.jit, static_argnums=(1,))
+def _threshold_size(arr: Array, use_max: bool, index: tuple, fraction: Array) -> Size:
     bad = _invalid(arr)
-    ref = _reference_value(arr, reference)
+    ref = jnp.max(arr) if use_max else arr[index]
     mask = arr > fraction * ref
     extents = []
     for a, n in enumerate(arr.shape):

@@ -428,6 +428,14 @@ def test_argument_errors():
         M.erf_trf_ratio(np.ones((2, 2)), 3)
 
 
+def test_an_erf_like_result_is_read_through_its_map():
+    class FakeERF:  # rfjax.erf's result: an array attribute ``map``
+        map = jnp.asarray(gaussian_map((31, 31), (15, 15), (3, 3)))
+
+    np.testing.assert_allclose(M.erf_size(FakeERF()).extent, [12.0, 12.0], rtol=1e-4)
+    np.testing.assert_allclose(JIT_FIT(FakeERF.map).sigma, M.fit_gaussian(FakeERF()).sigma)
+
+
 def test_int_maps_are_accepted():
     m = box_map((9, 9), (3, 3), (6, 6)).astype(np.int32)
     np.testing.assert_allclose(M.fit_gaussian(m).sigma, [math.sqrt(8 / 12)] * 2, rtol=1e-6)
