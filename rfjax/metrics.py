@@ -16,10 +16,11 @@ array) every function raises a ``ValueError`` naming the problem; under ``jax.ji
 cannot be inspected, so the float outputs are NaN instead (never a silent number). Shape and
 dtype errors raise in both cases.
 
-Which size the figures use. The paper (Luo et al., NIPS 2016) measures the ERF in two ways that
-it treats as equivalent: pixels whose value exceeds ``1 - 95.45%`` of the centre's value, and
-"two standard deviations" of the Gaussian the ERF approximates (95.45% is the mass of a
-Gaussian within 2 sigma). ``erf_size`` defaults to the Gaussian reading, ``4 * sigma`` per axis
+Which size the figures use. The paper (Luo et al., NIPS 2016) sizes the ERF by the pixels
+whose value exceeds ``1 - 95.45%`` of the centre pixel's value, a number chosen because 95.45%
+is the mass of a Gaussian within two standard deviations; it can be read literally (that
+threshold) or as its intent, two standard deviations of the Gaussian the ERF approximates.
+``erf_size`` defaults to the Gaussian reading, ``4 * sigma`` per axis
 (2 sigma either side), because it is a smooth function of the whole map: it does not jump by
 whole pixels when one pixel crosses a threshold, it does not depend on the value of a single
 (noisy) reference pixel, it is well defined for maps averaged over few images, and its growth
