@@ -88,10 +88,13 @@ class GaussianFit:
         off-diagonal terms show a tilted ERF; the fitted model itself is axis-aligned).
       amplitude: scalar, the peak value of the fitted model.
       r2: scalar, goodness of fit ``1 - sum((m - g)**2) / sum((m - mean(m))**2)`` where ``g``
-        is the fitted Gaussian sampled on the map's grid. 1 is a perfect fit; a box-shaped map
-        gives about 0.8; lower means "less Gaussian". NaN for a constant map (nothing to
-        explain).
-      rel_l2: scalar, ``||m - g||_2 / ||m||_2`` (0 is a perfect fit).
+        is the fitted Gaussian sampled on the map's grid. 1 is a perfect fit; lower means
+        "less Gaussian"; a square box gives about 0.7. NaN for a constant map (nothing to
+        explain). It depends a little on how much zero background surrounds the ERF (it tends
+        to ``1 - rel_l2**2`` as the background grows).
+      rel_l2: scalar, ``||m - g||_2 / ||m||_2``, 0 for a perfect fit, about 0.52 for a square
+        box. Invariant to the map's scale and to zero padding: prefer it when comparing maps
+        of different sizes.
       refined: whether the parameters come from the least-squares refinement.
     """
 

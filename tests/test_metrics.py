@@ -89,6 +89,10 @@ def test_box_is_less_gaussian_and_has_exact_moments():
     gauss = JIT_FIT(gaussian_map((31, 31), (15, 15), (3, 3)))
     assert float(fit.r2) < 0.95 < float(gauss.r2)
     assert float(fit.rel_l2) > 10 * float(gauss.rel_l2)
+    # rel_l2 ignores zero padding and scale; r2 approaches 1 - rel_l2**2 with more padding
+    wide = JIT_FIT(7.0 * np.pad(box, 40))
+    np.testing.assert_allclose(wide.rel_l2, fit.rel_l2, rtol=1e-5)
+    assert abs(float(wide.r2) - (1 - float(wide.rel_l2) ** 2)) < 0.01
 
 
 def test_delta_map_has_zero_sigma_and_perfect_fit():
