@@ -535,10 +535,10 @@ def _chunks(batches, batch_size: int | None, multiple: int):
         raise ValueError("x is an empty iterable: no batches to average over")
 
 
-def _progress(total: int | None, desc: str):
+def _progress(total: int | None, desc: str, enabled: bool = True):
     from tqdm.auto import tqdm
 
-    disable = os.environ.get("RFJAX_NO_PROGRESS", "0") not in ("", "0") or not (
+    disable = not enabled or os.environ.get("RFJAX_NO_PROGRESS", "0") not in ("", "0") or not (
         hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     )
     return tqdm(total=total, desc=desc, unit="chunk", disable=disable, leave=False)
@@ -627,6 +627,7 @@ def erf(
     shard: bool = True,
     verify: bool = True,
     progress: bool = True,
+    im2col: bool = False,
 ) -> ERF:
     """The effective receptive field of one output unit of ``fn``, averaged over images.
 
@@ -655,6 +656,8 @@ def erf(
       verify: check a crop against the uncropped gradient on the first image.
       progress: show a tqdm bar over chunks (never when stderr is not a terminal or
         ``RFJAX_NO_PROGRESS=1``).
+      im2col: in the cone, run dense convolutions as patch matmuls (faster per image on CPU,
+        much slower to compile; for long runs, see :func:`rfjax.cone.cone_plan`).
 
     Returns:
       :class:`ERF` with ``map`` of the input's spatial shape, in the input's float dtype.
@@ -688,11 +691,11 @@ def erf(
     count = bad = 0
     per_list: list = []
     state = None
-    with _progress(total, "ERF") as bar:
+    with _progress(total, "ERF", progress) as bar:
         for chunk, n in chunks:
             if state is None:
                 state = _prepare(entry, res, chunk, unit, reduce, channels, convention, output,
-                                 crop, per_image, method, verify)
+                                 crop, per_image, method, verify, im2col)
             if sharding is not None:
                 chunk = jax.device_put(chunk, sharding)
                 mask = jax.device_put(np.arange(chunk.shape[0]) < n, sharding)
@@ -713,7 +716,7 @@ def erf(
 
 
 def _prepare(entry, res, chunk, unit, reduce, channels, convention, output, crop, per_image,
-             method, verify) -> dict:
+             method, verify, im2col=False) -> dict:
     """Resolve the unit, pick and verify the crop mode, fetch the compiled chunk function."""
     x_aval = jax.ShapeDtypeStruct(chunk.shape, chunk.dtype)
     out_shape = _output_shape(entry, res, output, x_aval)
@@ -724,17 +727,32 @@ def _prepare(entry, res, chunk, unit, reduce, channels, convention, output, crop
     if crop != "none":
         from rfjax import cone
 
-        mode, plan = cone.plan_crop(entry, res, spec, x_aval, out_shape, crop)
+        mode, plan = cone.plan_crop(entry, res, spec, x_aval, out_shape, crop, im2col)
     if mode != "none" and verify:
-        mode, plan = _verify(entry, res, spec, mode, plan, chunk, spatial, crop)
+        # Once per plan: whether a crop is exact is structural (it depends on the graph, not
+        # on weight values), so later calls with the same function and shapes reuse the
+        # outcome instead of paying an uncropped gradient each time.
+        vkey = ("verified", spec, mode, plan, x_aval.shape[1:], str(x_aval.dtype))
+        if vkey in entry:
+            mode, plan = entry[vkey]
+        else:
+            mode, plan, checked = _verify(entry, res, spec, mode, plan, chunk, spatial)
+            if checked:
+                entry[vkey] = (mode, plan)
     fkey = ("chunk", spec, mode, plan, x_aval.shape, str(x_aval.dtype))
     if fkey not in entry:
         entry[fkey] = _make_chunk_fn(res.rebuild, spec, mode, plan, spatial)
     return {"fn": entry[fkey], "spec": spec, "mode": mode}
 
 
-def _verify(entry, res, spec, mode, plan, chunk, spatial, crop):
-    """Compare the cropped gradient of the first image with the uncropped one."""
+def _verify(entry, res, spec, mode, plan, chunk, spatial):
+    """Compare the cropped gradient of the first image with the uncropped one.
+
+    Returns ``(mode, plan, checked)``: ``(mode, plan)`` unchanged when they agree
+    (``allclose``, ``rtol = 1e-4`` and ``atol = 1e-4 * max|g|`` in float32; ``1e-10`` in
+    float64), else ``("none", None)`` with a warning. A non-finite gradient on either side
+    cannot be compared (``checked`` False: the next call tries again).
+    """
     x1 = chunk[:1]
     grads = {}
     for m, p in ((mode, plan), ("none", None)):
@@ -744,19 +762,18 @@ def _verify(entry, res, spec, mode, plan, chunk, spatial, crop):
         grads[m] = np.asarray(entry[key](res.dyn, x1))
     a, b = grads[mode], grads["none"]
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        return mode, plan  # nothing to compare on a non-finite image
+        return mode, plan, False  # nothing to compare on a non-finite image
     scale = float(np.max(np.abs(b))) if b.size else 0.0
     tol = 1e-4 if b.dtype == np.float32 else 1e-10
     if np.allclose(a, b, rtol=tol, atol=tol * max(scale, 1e-30)):
-        return mode, plan
+        return mode, plan, True
     warnings.warn(
         f"rfjax.erf: the {mode!r} crop changed the gradient of the first image (max abs "
         f"difference {float(np.max(np.abs(a - b))):.3g} against max {scale:.3g}); fn is not "
         "translation-equivariant and local there, so the uncropped gradient is used",
         stacklevel=4,
     )
-    del crop
-    return "none", None
+    return "none", None, True
 
 
 # --------------------------------------------------------------------------------------------

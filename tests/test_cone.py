@@ -88,6 +88,7 @@ class FlaxNet(nn.Module):
         x = nn.relu(nn.Conv(6, (3, 3), strides=2)(x))
         x = nn.avg_pool(x, (3, 3), (1, 1), "SAME", count_include_pad=False)
         x = x + nn.Conv(6, (3, 3), kernel_dilation=2)(nn.LayerNorm()(x))
+        x = nn.Conv(6, (5, 5), feature_group_count=6)(x)  # depthwise
         x = nn.max_pool(x, (2, 2), (2, 2))
         x = nn.Dense(5)(nn.silu(x))
         x = jnp.transpose(x, (0, 3, 1, 2))  # NCHW inside the model
@@ -98,7 +99,7 @@ class FlaxNet(nn.Module):
 def test_cone_on_a_flax_model_with_pools_norms_and_layout_changes():
     m = FlaxNet()
     x = jax.random.normal(jax.random.key(2), (1, 36, 32, 3))
-    p = m.init(jax.random.key(3), x)
+    p = jax.jit(m.init)(jax.random.key(3), x)
     fn = functools.partial(m.apply, p)
     full = erf(fn, x, crop="none")
     r = erf(fn, x, crop="cone")
@@ -117,9 +118,11 @@ def test_cone_in_one_and_three_spatial_dimensions(n):
 
     x = jax.random.normal(jax.random.key(5), (2,) + (13,) * n + (2,))
     full = erf(fn, x, crop="none")
-    r = erf(fn, x, crop="cone")
-    assert r.crop == "cone"
-    np.testing.assert_allclose(np.asarray(r.map), np.asarray(full.map), rtol=1e-4, atol=1e-7)
+    for im2col in (False, True):  # XLA's convolution, and patches @ kernel
+        r = erf(fn, x, crop="cone", im2col=im2col)
+        assert r.crop == "cone"
+        np.testing.assert_allclose(np.asarray(r.map), np.asarray(full.map), rtol=1e-4,
+                                   atol=1e-7)
 
 
 def test_cone_window_is_the_trf_region_clipped():

@@ -296,8 +296,8 @@ def test_no_retrace_on_second_call():
         return model.apply(params, x)
 
     x = jax.random.normal(jax.random.key(15), (3, 12, 12, 3))
-    p1 = model.init(jax.random.key(0), x)
-    p2 = model.init(jax.random.key(1), x)
+    p1 = jax.jit(model.init)(jax.random.key(0), x)
+    p2 = jax.jit(model.init)(jax.random.key(1), x)
     for crop in ("none", "auto"):
         erf(functools.partial(apply, p1), x, crop=crop)
         n = len(traces)
@@ -322,7 +322,7 @@ def test_no_retrace_on_second_call():
 def test_intermediate_units_by_name():
     model = LinenNet()
     x = jax.random.normal(jax.random.key(16), (2, 11, 11, 3))
-    variables = model.init(jax.random.key(0), x)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
     p1 = variables["params"]["conv1"]
 
     def conv1_only(v):
