@@ -21,7 +21,7 @@ Conventions of the public scripts (``convention=``):
   ``relu(output[:, :, H//2, W//2]).sum()`` (relu of every centre channel, then summed), the
   gradient is clamped with ``relu`` per element and summed over the input channels; images
   whose map has a NaN are skipped ("got NAN, next image") and the rest averaged
-  (``AverageMeter``). ``reduce`` must be left at its default.
+  (``AverageMeter``). ``reduce`` is left at its default (it becomes ``"relu"``).
 * ``"openerf"``: OpenERF's ``src/openerf/erf.py``: the target is the *mean* over the output
   channels at the centre, the gradient is averaged over the input channels *first* and then
   clamped at zero (``grad.mean(dim=(0, 1)).clamp(min=0)``); the maps are summed over images.
@@ -552,14 +552,18 @@ def _progress(total: int | None, desc: str, enabled: bool = True):
 def _check_options(reduce, convention, crop, method, channels):
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    if reduce is None:
-        reduce = {"paper": "abs", "replknet": "relu", "openerf": "mean-relu"}[convention]
-    elif convention == "replknet" and reduce != "relu":
-        raise ValueError("the 'replknet' convention fixes reduce='relu'; leave reduce unset")
-    elif convention == "openerf":
-        raise ValueError("the 'openerf' convention fixes its reduction; leave reduce unset")
-    elif reduce not in REDUCTIONS:
+    if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    # The conventions fix their own reduction; reduce's default ("abs") means "not given".
+    if convention == "replknet":
+        if reduce not in ("abs", "relu"):
+            raise ValueError("the 'replknet' convention fixes reduce='relu'; leave reduce unset")
+        reduce = "relu"
+    elif convention == "openerf":
+        if reduce != "abs":
+            raise ValueError("the 'openerf' convention fixes its reduction (channel mean, then "
+                             "clamp at zero); leave reduce unset")
+        reduce = "mean-relu"
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
     if method not in METHODS:
@@ -614,7 +618,7 @@ def erf(
     fn: Callable,
     x: Any,
     unit: Sequence[int] | None = None,
-    reduce: str | None = None,
+    reduce: str = "abs",
     batch_size: int | None = None,
     *,
     channels: int | Sequence[int] | None = None,
@@ -639,8 +643,8 @@ def erf(
         batches (a generator, a TFDS/grain iterator) yielding arrays or dicts (the image under
         ``image_key``). All batches share one image shape.
       unit: output spatial indices; default the centre ``(H_out // 2, W_out // 2, ...)``.
-      reduce: per-element reduction ``"abs"`` (default for ``convention="paper"``), ``"grad"``,
-        ``"relu"`` or ``"square"``; leave unset for the other conventions.
+      reduce: per-element reduction ``"abs"`` (the paper's, default), ``"grad"``, ``"relu"`` or
+        ``"square"``. The other conventions fix their own (leave it at its default).
       batch_size: images per compiled chunk (default: the first batch's size). The last chunk
         is padded to this size and the padding masked out, so one shape is compiled.
       channels: output channel(s) whose sum is the target (default all).
@@ -687,6 +691,9 @@ def erf(
     chunks = _chunks(batches, batch_size, ndev)
 
     entry = _cache_entry(res)
+    dyn = res.dyn
+    if sharding is not None:  # parameters replicated on every device of the mesh
+        dyn = jax.device_put(dyn, NamedSharding(sharding.mesh, PartitionSpec()))
     acc = None
     count = bad = 0
     per_list: list = []
@@ -701,7 +708,7 @@ def erf(
                 mask = jax.device_put(np.arange(chunk.shape[0]) < n, sharding)
             else:
                 mask = np.arange(chunk.shape[0]) < n
-            s, c, b, per = state["fn"](res.dyn, chunk, mask)
+            s, c, b, per = state["fn"](dyn, chunk, mask)
             acc = s if acc is None else acc + s
             count = count + c
             bad = bad + b
@@ -845,7 +852,7 @@ def erf_weight_draws(
     keys: jax.Array,
     x: jax.Array,
     unit: Sequence[int] | None = None,
-    reduce: str | None = None,
+    reduce: str = "abs",
     *,
     channels: int | Sequence[int] | None = None,
     convention: str = "paper",

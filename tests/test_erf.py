@@ -197,7 +197,7 @@ def test_replknet_and_openerf_conventions():
     want = manual_maps(params, x, lambda o: o[6, 6].mean(), lambda g: np.maximum(g.mean(-1), 0))
     np.testing.assert_allclose(np.asarray(ope.map), want, rtol=2e-5, atol=1e-6)
     with pytest.raises(ValueError, match="replknet"):
-        erf(fn, x, convention="replknet", reduce="abs")
+        erf(fn, x, convention="replknet", reduce="grad")
     with pytest.raises(ValueError, match="openerf"):
         erf(fn, x, convention="openerf", reduce="relu")
 
@@ -317,6 +317,24 @@ def test_no_retrace_on_second_call():
     n = len(calls)
     erf(f, x, crop="none")
     assert len(calls) == n
+
+
+def test_the_compile_cache_does_not_keep_a_model_alive():
+    import gc
+    import weakref
+
+    from rfjax.erf import cache_size
+
+    model = LinenNet()
+    x = jnp.ones((1, 8, 8, 3))
+    params = jax.jit(model.init)(jax.random.key(0), x)
+    before = cache_size()
+    erf(functools.partial(model.apply, params), x, crop="none")
+    assert cache_size() == before + 1
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None and cache_size() == before
 
 
 def test_intermediate_units_by_name():
