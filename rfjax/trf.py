@@ -51,7 +51,7 @@ Number = int | Fraction
 
 
 def _num(x: float) -> Number:
-    f = Fraction(float(x)).limit_denominator(1024)
+    f = Fraction(float(x)).limit_denominator(16)
     return int(f) if f.denominator == 1 else f
 
 
@@ -423,10 +423,7 @@ def _closed_form(L: np.ndarray, H: np.ndarray, slopes: np.ndarray, n: int,
         if j < len(slopes) and slopes[j] != 0:
             return float(slopes[j])
         if L.shape[j] >= 2:
-            first = np.take(L, 0, axis=j)
-            last = np.take(L, L.shape[j] - 1, axis=j)
-            ok = np.isfinite(first) & np.isfinite(last)
-            return float(np.mean(last[ok] - first[ok])) / (L.shape[j] - 1) if ok.any() else 0.0
+            return float(P.estimate_slopes(np.where(fin, L, np.inf), L.shape)[j])
         return float(slopes[j])
 
     j = max(moves, key=lambda jj: abs(jump(jj)))
