@@ -25,12 +25,13 @@ without cropping, and torch batched for reference.
 
 Every method is warmed up (compiled, crop verified) before timing; the repeats run
 round-robin over the methods (so a load spike on a shared machine hits all of them alike) and
-the median is reported. FLOPs are counted analytically from the convolutions each method
-computes (forward plus input-gradient backward, ``2 * 2 * 9 * C_in * C_out`` per computed
-output position and layer: the whole image for ``none``/torch, the input window for ``input``,
-every layer's cone window for ``cone``), cross-checked against XLA's cost analysis of the
-uncropped gradient, and set against the machine's measured float32 matmul rate (NumPy/OpenBLAS
-and XLA, 2 threads).
+the median is reported ("first call" is the untimed warm-up: compilation and, for a crop, its
+verification against the uncropped gradient). FLOPs are counted analytically from the
+convolutions each method computes (forward plus input-gradient backward,
+``2 * 2 * 9 * C_in * C_out`` per computed output position and layer: the whole image for
+``none`` and torch, the input window for ``input``, every layer's cone window for ``cone``),
+cross-checked against XLA's cost analysis of the uncropped gradient, and set against the
+machine's measured float32 matmul rate (NumPy/OpenBLAS and XLA, 2 threads).
 
 Threads: the process is pinned to 2 CPUs (``os.sched_setaffinity``) before NumPy, JAX and
 PyTorch start, so XLA:CPU's intra-op pool has 2 threads; ``XLA_FLAGS`` adds
@@ -243,13 +244,17 @@ def normalised(m) -> np.ndarray:
     return m / m.max()
 
 
-def time_round_robin(methods: dict, repeats: int) -> tuple[dict, dict]:
-    """Warm each method up, then ``repeats`` rounds over all methods; medians and results."""
-    results = {}
+def time_round_robin(methods: dict, repeats: int) -> tuple[dict, dict, dict]:
+    """Warm each method up, then ``repeats`` rounds over all methods.
+
+    Returns the median times, the first-call (compile, crop verification) times and the
+    results of the first calls."""
+    results, first = {}, {}
     for name, f in methods.items():
         t0 = time.perf_counter()
         results[name] = f()
-        print(f"  warm-up {name}: {time.perf_counter() - t0:.2f} s", flush=True)
+        first[name] = time.perf_counter() - t0
+        print(f"  warm-up {name}: {first[name]:.2f} s", flush=True)
     times: dict[str, list[float]] = {k: [] for k in methods}
     for r in range(repeats):
         for name, f in methods.items():
@@ -258,7 +263,7 @@ def time_round_robin(methods: dict, repeats: int) -> tuple[dict, dict]:
             times[name].append(time.perf_counter() - t0)
         print(f"  round {r + 1}/{repeats}: " + ", ".join(
             f"{k} {v[-1]:.3f}s" for k, v in times.items()), flush=True)
-    return {k: statistics.median(v) for k, v in times.items()}, results
+    return {k: statistics.median(v) for k, v in times.items()}, first, results
 
 
 def rfjax_method(fn, x, crop: str, method: str = "vjp"):
@@ -290,7 +295,7 @@ def run_case(name: str, layers: int, channels: int, size: int, images: int, repe
         methods[f"rfjax crop={crop}"] = rfjax_method(fn, x, crop)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        med, res = time_round_robin(methods, repeats)
+        med, first, res = time_round_robin(methods, repeats)
     for w in caught:  # e.g. a crop that failed verification (the "crop used" column shows it)
         print(f"  warning: {w.category.__name__}: {w.message}")
 
@@ -310,7 +315,8 @@ def run_case(name: str, layers: int, channels: int, size: int, images: int, repe
         kind = crop_used if crop_used in flops else "none"
         f_img = flops[kind]
         rows.append({
-            "method": k, "crop": crop_used, "seconds": t, "images_per_s": images / t,
+            "method": k, "crop": crop_used, "seconds": t, "first_call_s": first[k],
+            "images_per_s": images / t,
             "vs_loop": (med[ref_loop] / t) if ref_loop else None, "vs_batched": med[ref_b] / t,
             "gflop_per_image": f_img / 1e9, "gflops": f_img * images / t / 1e9,
             "max_abs_diff": float(np.max(np.abs(normalised(res[k][0]) - ref_map))),
@@ -325,14 +331,15 @@ def table(case: dict, peak: float) -> str:
              f"{case['size']}x{case['size']}x3, {case['images']} images (max diff against "
              f"the {case['reference']}, maps normalised to peak 1)", "",
              "| method | crop used | median s | images/s | vs torch loop | vs torch batched | "
-             "GFLOP/image | GFLOP/s | % of peak | max abs diff |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "GFLOP/image | GFLOP/s | % of peak | max abs diff | first call s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in case["rows"]:
         vs_loop = f"{r['vs_loop']:.1f}x" if r["vs_loop"] is not None else "-"
         lines.append(
             f"| {r['method']} | {r['crop']} | {r['seconds']:.3f} | {r['images_per_s']:.1f} | "
             f"{vs_loop} | {r['vs_batched']:.1f}x | {r['gflop_per_image']:.3f} | "
-            f"{r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f}% | {r['max_abs_diff']:.1e} |")
+            f"{r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f}% | {r['max_abs_diff']:.1e} | "
+            f"{r['first_call_s']:.1f} |")
     return "\n".join(lines)
 
 
