@@ -558,7 +558,9 @@ def cmd_erf(args: argparse.Namespace) -> int:
         raise CLIError("--convention openerf fixes its reduction; leave --reduce unset")
     if args.convention == "replknet" and args.reduce not in (None, "relu"):
         raise CLIError("--convention replknet fixes --reduce relu; leave --reduce unset")
-    reduce = None if args.convention != "paper" else args.reduce
+    # Pass reduce only when given: the conventions fix their own, erf's default is "abs".
+    reduce = args.reduce if args.convention == "paper" else None
+    opts = {"reduce": reduce} if reduce is not None else {}
     img_shape = (args.images, *shape[1:])
     fn0 = _build(model, args.seed, shape)
     t = _trf_of(fn0, shape, model.name)
@@ -575,8 +577,8 @@ def cmd_erf(args: argparse.Namespace) -> int:
         fn = fn0 if d == 0 else _build(model, args.seed + d, shape)
         x = rng.standard_normal(img_shape, dtype=np.float32)
         try:
-            r = erf(fn, x, unit=unit, reduce=reduce, batch_size=batch,
-                    convention=args.convention, crop=args.crop)
+            r = erf(fn, x, unit=unit, batch_size=batch, convention=args.convention,
+                    crop=args.crop, **opts)
         except Exception as e:  # one line; --debug shows the traceback
             raise CLIError(f"ERF of {model.name!r}: {_one_line(e)}") from e
         maps.append(np.asarray(r.map, dtype=np.float64))
