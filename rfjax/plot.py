@@ -47,7 +47,7 @@ def erf_heatmap(erf_map, *, trf_region=None, title: str | None = None, log: bool
     Args:
       erf_map: ``(H, W)`` map (e.g. ``rfjax.erf(...).map``), drawn ``origin="upper"``.
       trf_region: inclusive ``((r0, r1), (c0, c1))`` (``TRF.region(unit)``), drawn dashed;
-        the axes keep the map's extent when the region reaches past the image.
+        the axes grow to show all of it when it reaches past the image (into the padding).
       title: axes title.
       log: colour by ``log10(|map|)`` (zeros shown as the smallest nonzero value).
       cmap: matplotlib colormap name.
@@ -71,8 +71,10 @@ def erf_heatmap(erf_map, *, trf_region=None, title: str | None = None, log: bool
     fig.colorbar(im, ax=ax, label=label)
     if trf_region is not None:
         outline_region(ax, trf_region, color="red", label="TRF")
-        ax.set_xlim(-0.5, m.shape[1] - 0.5)
-        ax.set_ylim(m.shape[0] - 0.5, -0.5)
+        # Show the whole outline even where the field reaches past the image (into padding).
+        (r0, r1), (c0, c1) = trf_region
+        ax.set_xlim(min(c0, 0) - 1.5, max(c1, m.shape[1] - 1) + 1.5)
+        ax.set_ylim(max(r1, m.shape[0] - 1) + 1.5, min(r0, 0) - 1.5)
         ax.legend(loc="upper right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)

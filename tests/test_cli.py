@@ -228,7 +228,8 @@ def test_erf_heatmap_figure_and_errors(tmp_path):
     fig = erf_heatmap(m, trf_region=((-2, 10), (1, 7)), title="t", log=True)
     ax = fig.axes[0]
     assert len(fig.axes) == 2  # the map and its colorbar
-    assert ax.get_xlim() == (-0.5, 8.5) and len(ax.patches) == 1
+    assert ax.get_xlim() == (-1.5, 9.5) and ax.get_ylim() == (11.5, -3.5)
+    assert len(ax.patches) == 1
     erf_heatmap(m, path=tmp_path / "m.png")
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match=r"\(H, W\) map"):
