@@ -18,7 +18,8 @@ when they differ):
    the full computation's (zero padding exists only where the window meets the image edge).
    The gradient is then the batched VJP of this windowed function. Supported: elementwise
    ops (with size-1 broadcasting of per-channel constants), ``conv_general_dilated`` (strides,
-   rhs dilation, padding, feature groups), ``reduce_window_{sum,max,min}`` (pools),
+   rhs dilation, padding, feature groups, lhs dilation: transposed convolutions),
+   ``reduce_window_{sum,max,min}`` (pools),
    ``broadcast_in_dim``, ``reshape``/``squeeze``/``transpose`` that keep the spatial axes,
    ``dot_general`` and reductions over non-spatial axes (Dense layers, LayerNorm),
    ``concatenate`` along a non-spatial axis, ``pad``, ``slice``, ``select_n``, and calls
@@ -223,8 +224,8 @@ def _forward_labels(ir: _IR, node: _Node, dep, labels) -> list:
         if dep.get(node.ins[1]) if not isinstance(node.ins[1], tuple) else False:
             raise Unsupported("convolution with input-dependent weights")
         p = node.params
-        if any(d != 1 for d in p["lhs_dilation"]) or p["batch_group_count"] != 1:
-            raise Unsupported("transposed (lhs-dilated) or batch-grouped convolution")
+        if p["batch_group_count"] != 1:
+            raise Unsupported("batch-grouped convolution")
         dn = p["dimension_numbers"]
         lsp, osp = list(dn.lhs_spec[2:]), list(dn.out_spec[2:])
         if sorted(lab) != sorted(lsp):
@@ -318,10 +319,9 @@ def _back(ir: _IR, node: _Node, out_win, labels) -> dict:
             win = []
             for k, d in enumerate(lab):
                 j = lsp.index(d)
-                ksz = rshape[dn.rhs_spec[2 + j]]
-                s, dil, lo = p["window_strides"][j], p["rhs_dilation"][j], p["padding"][j][0]
-                o0, o1 = out_win[k]
-                win.append((o0 * s - lo, (o1 - 1) * s - lo + (ksz - 1) * dil + 1))
+                q0, q1 = _conv_span(p, j, rshape[dn.rhs_spec[2 + j]], out_win[k])
+                ld = p["lhs_dilation"][j]  # transposed conv: input i sits at q = i * ld
+                win.append((-(-q0 // ld), q1 // ld + 1))
             req[pos] = win
         elif name.startswith("reduce_window"):
             win = []
@@ -348,6 +348,13 @@ def _back(ir: _IR, node: _Node, out_win, labels) -> dict:
         else:  # the window per spatial axis is the output's (dims may move, sizes do not)
             req[pos] = list(out_win)
     return req
+
+
+def _conv_span(p: dict, j: int, ksize: int, out_win) -> tuple[int, int]:
+    """First and last (lhs-dilated, unpadded) input positions read by outputs ``out_win``."""
+    s, dil, lo = p["window_strides"][j], p["rhs_dilation"][j], p["padding"][j][0]
+    o0, o1 = out_win
+    return o0 * s - lo, (o1 - 1) * s - lo + (ksize - 1) * dil
 
 
 def _clip(win, lab, shape):
@@ -400,6 +407,8 @@ def _analyse(closed, unit: tuple[int, ...]) -> _Cone:
             i = node.ins[pos]
             req[(idx, pos)] = win
             clipped = _clip(win, labels[i], ir.shapes[i])
+            if any(a >= b for a, b in clipped):
+                raise Unsupported(f"an operand of {_name(node)} contributes nothing to the unit")
             if i in need:
                 clipped = [(min(a, c), max(b, d)) for (a, b), (c, d) in
                            zip(need[i], clipped, strict=True)]
@@ -483,14 +492,21 @@ def _eval_node(cone: _Cone, idx: int, node: _Node, read):
     if name == "conv_general_dilated":
         i = node.ins[0]
         lab = cone.labels[i]
-        lsp = list(p["dimension_numbers"].lhs_spec[2:])
+        dn = p["dimension_numbers"]
+        lsp = list(dn.lhs_spec[2:])
+        rshape = _shape(ir, node.ins[1])
         pad = list(p["padding"])
-        for (r0, r1), (a, b), d in zip(cone.req[(idx, 0)],
-                                       _clip(cone.req[(idx, 0)], lab, ir.shapes[i]), lab,
-                                       strict=True):
-            pad[lsp.index(d)] = (a - r0, r1 - b)
+        for k, ((a, b), d) in enumerate(zip(_clip(cone.req[(idx, 0)], lab, ir.shapes[i]), lab,
+                                            strict=True)):
+            j = lsp.index(d)
+            q0, q1 = _conv_span(p, j, rshape[dn.rhs_spec[2 + j]], out_win[k])
+            ld = p["lhs_dilation"][j]
+            # The window's first/last elements sit at a*ld and (b-1)*ld of the (dilated)
+            # input; pad so that the first output reads q0 and the last reads up to q1.
+            pad[j] = (a * ld - q0, q1 - (b - 1) * ld)
         p["padding"] = tuple(pad)
-        if cone.im2col and p["feature_group_count"] == 1:
+        if cone.im2col and p["feature_group_count"] == 1 and all(
+                v == 1 for v in p["lhs_dilation"]):
             return _conv_im2col(args[0], args[1], p)
     elif name.startswith("reduce_window"):
         i = node.ins[0]
