@@ -53,8 +53,10 @@ def box_stack(depth):
 def test_uniform_stack_is_nfold_box_convolution(depth):
     with jax.enable_x64(True):
         x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 15, 15, 1)))
-        r = erf(box_stack(depth), x, crop="none")
+        # depth 4 also checks the cone crop, exactly, in float64
+        r = erf(box_stack(depth), x, crop="auto" if depth == 4 else "none")
         assert r.map.dtype == jnp.float64 and r.count == 2 and r.nonfinite == 0
+        assert r.crop == ("cone" if depth == 4 else "none")
         profile = np.array([1.0])
         for _ in range(depth):
             profile = np.convolve(profile, np.ones(3))
@@ -68,8 +70,8 @@ def test_off_centre_unit_shifts_the_map():
     with jax.enable_x64(True):
         x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 17, 17, 1)))
         fn = box_stack(3)
-        centre = np.asarray(erf(fn, x).map)
-        moved = erf(fn, x, unit=(10, 6))
+        centre = np.asarray(erf(fn, x, crop="none").map)
+        moved = erf(fn, x, unit=(10, 6), crop="none")
         assert moved.unit == (10, 6)
         np.testing.assert_array_equal(np.asarray(moved.map), np.roll(centre, (2, -2), (0, 1)))
 
@@ -80,14 +82,14 @@ def test_signed_map_of_one_layer_is_its_kernel_cross_correlation(padding):
         rng = np.random.default_rng(2)
         k = jnp.asarray(rng.normal(size=(3, 3, 2, 4)))
         x = jnp.asarray(rng.normal(size=(3, 9, 9, 2)))
-        r = erf(lambda v: conv(v, k, padding), x, unit=(3, 4), reduce="grad")
+        r = erf(lambda v: conv(v, k, padding), x, unit=(3, 4), reduce="grad", crop="none")
         off = 1 if padding == "SAME" else 0  # SAME: unit (i, j) is centred on input (i, j)
         i0, j0 = 3 - off, 4 - off
         expected = np.zeros((9, 9))
         # d y[i, j] / d x[i + a - 1, j + b - 1] = k[a, b] (summed over in/out channels)
         expected[i0 : i0 + 3, j0 : j0 + 3] = np.asarray(k).sum(axis=(2, 3))
         np.testing.assert_allclose(np.asarray(r.map), expected, rtol=1e-12, atol=1e-12)
-        sq = erf(lambda v: conv(v, k, padding), x, unit=(3, 4), reduce="square")
+        sq = erf(lambda v: conv(v, k, padding), x, unit=(3, 4), reduce="square", crop="none")
         want_sq = np.zeros((9, 9))
         want_sq[i0 : i0 + 3, j0 : j0 + 3] = (np.asarray(k).sum(axis=3) ** 2).sum(axis=2)
         np.testing.assert_allclose(np.asarray(sq.map), want_sq, rtol=1e-12)
@@ -271,6 +273,12 @@ class LinenNet(nn.Module):
         return nn.Dense(2)(x)
 
 
+@functools.cache
+def linen_variables():
+    """LinenNet's variables, initialised once (they do not depend on the image size)."""
+    return jax.jit(LinenNet().init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
 def test_linen_nnx_equinox_and_plain_functions_agree():
     x = jax.random.normal(jax.random.key(14), (2, 9, 9, 3))
     nnx_conv = nnx.Conv(3, 5, (3, 3), rngs=nnx.Rngs(0))
@@ -296,8 +304,8 @@ def test_no_retrace_on_second_call():
         return model.apply(params, x)
 
     x = jax.random.normal(jax.random.key(15), (3, 12, 12, 3))
-    p1 = jax.jit(model.init)(jax.random.key(0), x)
-    p2 = jax.jit(model.init)(jax.random.key(1), x)
+    p1 = linen_variables()
+    p2 = jax.tree_util.tree_map(lambda a: 1.5 * a + 0.1, p1)
     for crop in ("none", "auto"):
         erf(functools.partial(apply, p1), x, crop=crop)
         n = len(traces)
@@ -329,7 +337,7 @@ def test_the_compile_cache_does_not_keep_a_model_alive():
 
     model = LinenNet()
     x = jnp.ones((1, 8, 8, 3))
-    params = jax.jit(model.init)(jax.random.key(0), x)
+    params = linen_variables()
     before = cache_size()
     erf(functools.partial(model.apply, params), x, crop="none")
     assert cache_size() == before + 1
@@ -342,7 +350,7 @@ def test_the_compile_cache_does_not_keep_a_model_alive():
 def test_intermediate_units_by_name():
     model = LinenNet()
     x = jax.random.normal(jax.random.key(16), (2, 11, 11, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
+    variables = linen_variables()
     p1 = variables["params"]["conv1"]
 
     def conv1_only(v):
@@ -450,6 +458,24 @@ def test_scipy_oracle_for_a_linear_net():
             return conv(h, jnp.asarray(k2)[..., None, None], "VALID")
 
         x = jnp.asarray(rng.normal(size=(2, 9, 9, 1)))
-        r = erf(fn, x, unit=(0, 0), reduce="grad")
+        r = erf(fn, x, unit=(0, 0), reduce="grad", crop="none")
         np.testing.assert_allclose(np.asarray(r.map)[:5, :5], convolve(k1, k2), rtol=1e-12)
         assert np.all(np.asarray(r.map)[5:, :] == 0)
+
+
+def test_progress_bar_is_off_without_a_terminal_or_when_asked(monkeypatch):
+    from rfjax.erf import _progress
+
+    monkeypatch.setenv("RFJAX_NO_PROGRESS", "0")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    with _progress(3, "ERF") as bar:
+        assert not bar.disable
+    with _progress(3, "ERF", enabled=False) as bar:
+        assert bar.disable
+    monkeypatch.setenv("RFJAX_NO_PROGRESS", "1")
+    with _progress(3, "ERF") as bar:
+        assert bar.disable
+    monkeypatch.setenv("RFJAX_NO_PROGRESS", "0")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    with _progress(3, "ERF") as bar:
+        assert bar.disable
