@@ -47,16 +47,76 @@ class Model:
 
     name: str
     shape: tuple[int, ...]
-    make: Callable[[int, tuple[int, ...]], Callable]
+    make: Callable[..., Callable]  # make(seed, shape, layer=None, abstract=False) -> fn
     seedable: bool  # whether different seeds give different weights
+    layers: Callable[[tuple[int, ...]], dict[str, tuple[int, ...]]] | None = None
 
 
-def _flax_maker(module: Any, method: Any = None) -> Callable[[int, tuple[int, ...]], Callable]:
-    def make(seed: int, shape: tuple[int, ...]) -> Callable:
+def _layer_apply(module: Any, method: Any, path: tuple[str, ...], variables: Any, x: Any):
+    """``module.apply`` returning the output of the submodule at ``path`` (Flax
+    ``capture_intermediates``): the feature map of an inner layer."""
+
+    def filt(mdl: Any, method_name: str) -> bool:
+        return method_name == "__call__" and tuple(mdl.path) == path
+
+    kw = {} if method is None else {"method": method}
+    _, state = module.apply(variables, x, capture_intermediates=filt,
+                            mutable=["intermediates"], **kw)
+    node = state["intermediates"]
+    for part in path:
+        node = node[part]
+    return node["__call__"][-1]
+
+
+def _layer_shapes(module: Any, method: Any, shape: tuple[int, ...]) -> dict[str, tuple]:
+    """Name -> output shape of every submodule whose output is a feature map of ``shape``'s
+    rank (the names ``--layer`` accepts), in call order."""
+    import jax
+    import jax.numpy as jnp
+
+    kw = {} if method is None else {"method": method}
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+
+    def f(x):
+        variables = module.init(jax.random.key(0), x, **kw)
+        return module.apply(variables, x, capture_intermediates=True,
+                            mutable=["intermediates"], **kw)[1]
+
+    state = jax.eval_shape(f, x)
+    out: dict[str, tuple] = {}
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if not isinstance(node, dict):
+            return
+        for k, v in node.items():
+            if k == "__call__":
+                shp = tuple(getattr(v[-1], "shape", ()))
+                if path and len(shp) == len(shape):
+                    out["/".join(path)] = shp
+            else:
+                walk(v, (*path, k))
+
+    walk(state.get("intermediates", {}), ())
+    return out
+
+
+def _flax_maker(module: Any, method: Any = None) -> Callable[..., Callable]:
+    def make(seed: int, shape: tuple[int, ...], layer: str | None = None,
+             abstract: bool = False) -> Callable:
         import jax
         import jax.numpy as jnp
 
-        variables = module.init(jax.random.key(seed), jnp.zeros(shape, jnp.float32))
+        kw = {} if method is None else {"method": method}
+        init = functools.partial(module.init, **kw)
+        if abstract:  # the TRF is structural: zero weights of the right shapes, no compiling
+            specs = jax.eval_shape(init, jax.random.key(seed),
+                                   jax.ShapeDtypeStruct(shape, jnp.float32))
+            variables = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), specs)
+        else:
+            variables = init(jax.random.key(seed), jnp.zeros(shape, jnp.float32))
+        if layer is not None:
+            path = tuple(p for p in layer.split("/") if p)
+            return functools.partial(_layer_apply, module, method, path, variables)
         if method is None:
             return functools.partial(module.apply, variables)
         return functools.partial(module.apply, variables, method=method)
@@ -149,7 +209,8 @@ def resolve_model(spec: str) -> Model:
     models = builtin_models()
     if spec in models:
         module, shape, method, _ = models[spec]
-        return Model(spec, shape, _flax_maker(module, method), True)
+        return Model(spec, shape, _flax_maker(module, method), True,
+                     functools.partial(_layer_shapes, module, method))
     if ":" not in spec:
         near = [n for n in models if spec.lower() in n]
         hint = f" (did you mean {', '.join(near[:4])}?)" if near else ""
@@ -172,7 +233,8 @@ def resolve_model(spec: str) -> Model:
     _, example = call(0)
     shape = _shape_of(example, spec)
 
-    def make(seed: int, shape: tuple[int, ...]) -> Callable:
+    def make(seed: int, shape: tuple[int, ...], layer: str | None = None,
+             abstract: bool = False) -> Callable:
         return call(seed)[0]
 
     return Model(spec, shape, make, seedable)
@@ -233,6 +295,7 @@ def _positive(text: str) -> int:
 _TOP_EPILOG = """\
 examples:
   rfjax models                                  list the built-in models
+  rfjax models resnet50_full                    list its layers (for --layer)
   rfjax trf resnet50_full                       per-layer TRF table of ResNet-50 at 224x224
   rfjax trf vgg16 --input-shape 1,128,128,3 --unit 2,2 --json vgg.json
   rfjax erf conv_stack_10x64 --images 64 --png erf.png --json erf.json
@@ -248,6 +311,7 @@ examples:
   rfjax trf conv_stack
   rfjax trf resnet50_full --unit 3,3
   rfjax trf unet --input-shape 1,64,64,2 --json unet_trf.json
+  rfjax trf resnet50_full --layer layer2_0
   rfjax trf mypkg.models:make_net --input-shape 1,96,96,3
 
 Output: the per-layer table (size, stride and padding of every layer's field, per input
@@ -260,8 +324,9 @@ _ERF_EPILOG = """\
 examples:
   rfjax erf conv_stack_10x64 --images 64
   rfjax erf conv_stack_10x64 --draws 8 --images 16 --png erf.png
-  rfjax erf resnet50_full --images 8 --unit 3,3 --crop cone --json r50.json
+  rfjax erf resnet50_full --images 8 --unit 0,0 --json r50.json
   rfjax erf cifar --convention replknet --reduce relu
+  rfjax erf resnet18_full --layer layer2_1 --images 8 --png layer2.png
   rfjax erf mypkg.models:make_net --input-shape 1,64,64,3 --seed 1
 
 The ERF of an output unit (Luo et al., NIPS 2016) is the gradient of the unit (summed over
@@ -289,13 +354,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "package.module:factory returning (fn, example_input)")
     p.add_argument("--input-shape", type=_shape_arg, metavar="N,H,W,C",
                    help="input shape (overrides the model's example shape), e.g. 1,128,128,3; "
-                   "N,L,C for 1-D and N,D,H,W,C for 3-D models")
+                   "N,L,C for 1-D and N,D,H,W,C for 3-D models (rfjax erf takes the image "
+                   "count from --images, not from N)")
     p.add_argument("--unit", type=_unit_arg, metavar="I,J",
                    help="output unit (spatial indices), e.g. 3,3; default: the centre "
                    "(H_out // 2, W_out // 2)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the weights (built-in models; factories with a seed "
                    "parameter) and of the random inputs (default 0)")
+    p.add_argument("--layer", metavar="NAME",
+                   help="analyse the output of an inner layer of a built-in model instead of "
+                   "the model's output, e.g. layer2_0 or layer2_0/conv2 (`rfjax models MODEL` "
+                   "lists the names)")
     p.add_argument("--json", metavar="PATH", help="write the numbers as JSON to PATH")
 
 
@@ -310,13 +380,13 @@ def _parser() -> _Parser:
 
     p = sub.add_parser("trf", help="per-layer theoretical receptive field table",
                        description="Print the per-layer theoretical receptive field (TRF) "
-                       "table and the closed form of a model's output.", epilog=_TRF_EPILOG,
+                       "table and the closed form\nof a model's output.", epilog=_TRF_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
 
     p = sub.add_parser("erf", help="effective receptive field metrics (and heatmap)",
                        description="Compute the effective receptive field (ERF) of one output "
-                       "unit over random inputs and print its metrics.", epilog=_ERF_EPILOG,
+                       "unit over random inputs\nand print its metrics.", epilog=_ERF_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
     p.add_argument("--images", type=_positive, default=16,
@@ -338,13 +408,18 @@ def _parser() -> _Parser:
                    "(input), nothing cropped (none); auto (default): the best that applies. "
                    "Crops are verified on the first image")
     p.add_argument("--png", metavar="PATH",
-                   help="write a heatmap of the ERF with a colorbar and the TRF outline")
+                   help="write a heatmap of the ERF with a colorbar and the TRF outline (a 1-D "
+                   "map is drawn as one row, a 3-D map as its slice through the maximum)")
     p.add_argument("--log", action="store_true", help="heatmap in log10 scale")
 
-    sub.add_parser("models", help="list the built-in models",
-                   description="List the built-in model names with their example input shape.",
-                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                   epilog="example:\n  rfjax models\n")
+    p = sub.add_parser("models", help="list the built-in models (or one model's layers)",
+                       description="List the built-in model names with their example input "
+                       "shape; with a MODEL,\nlist the names --layer accepts for it.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  rfjax models\n  rfjax models resnet50_full\n")
+    p.add_argument("model", nargs="?", help="a built-in model name: list its layers")
+    p.add_argument("--input-shape", type=_shape_arg, metavar="N,H,W,C",
+                   help="input shape for the layer shapes (default: the example shape)")
     return top
 
 
@@ -365,9 +440,20 @@ def _input_shape(model: Model, args: argparse.Namespace) -> tuple[int, ...]:
     return shape
 
 
-def _build(model: Model, seed: int, shape: tuple[int, ...]) -> Callable:
+def _build(model: Model, seed: int, shape: tuple[int, ...], layer: str | None = None,
+           abstract: bool = False) -> Callable:
+    if layer is not None:
+        if model.layers is None:
+            raise CLIError(f"--layer needs a built-in model; for {model.name!r} let the factory "
+                           "return a fn whose output is that layer")
+        names = _layers_of(model, shape)
+        if layer not in names:
+            near = [n for n in names if layer in n][:5]
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise CLIError(f"--layer {layer!r}: model {model.name!r} has no such layer{hint} "
+                           f"(`rfjax models {model.name}` lists its {len(names)} layers)")
     try:
-        return model.make(seed, shape)
+        return model.make(seed, shape, layer, abstract)
     except CLIError:
         raise
     except Exception as e:
@@ -407,12 +493,32 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}"
     if isinstance(v, list | tuple):
-        return "(" + ", ".join(_fmt(x) for x in v) + ")"
+        return "(" + ", ".join(_fmt(x) for x in v) + ("," if len(v) == 1 else "") + ")"
     return str(v)
+
+
+def _layers_of(model: Model, shape: tuple[int, ...]) -> dict[str, tuple]:
+    assert model.layers is not None
+    try:
+        return model.layers(shape)
+    except Exception as e:
+        raise CLIError(f"model {model.name!r} cannot be built for input shape {shape}: "
+                       f"{_one_line(e)}") from e
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     models = builtin_models()
+    if args.model is not None:
+        if args.model not in models:
+            raise CLIError(f"unknown built-in model {args.model!r} (`rfjax models` lists them)")
+        model = resolve_model(args.model)
+        shape = _input_shape(model, args)
+        names = _layers_of(model, shape)
+        w = max(len(n) for n in names)
+        print(f"layers of {model.name} at input {'x'.join(map(str, shape))} (for --layer):")
+        for name, shp in names.items():
+            print(f"  {name:<{w}}  {'x'.join(map(str, shp))}")
+        return 0
     w = max(len(n) for n in models)
     for name, (_, shape, _, desc) in models.items():
         print(f"{name:<{w}}  {'x'.join(map(str, shape)):<14}  {desc}")
@@ -422,10 +528,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_trf(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     shape = _input_shape(model, args)
-    fn = _build(model, args.seed, shape)
+    fn = _build(model, args.seed, shape, args.layer, abstract=True)
     t = _trf_of(fn, shape, model.name)
     _check_unit_rank(args.unit, t.output_shape)
-    print(f"model {model.name}, input {'x'.join(map(str, shape))}")
+    print(f"model {model.name}" + (f", layer {args.layer}" if args.layer else "")
+          + f", input {'x'.join(map(str, shape))}")
     print(t.table())
     print()
     print("closed form: unit u sees input indices u*stride - padding .. "
@@ -433,7 +540,8 @@ def cmd_trf(args: argparse.Namespace) -> int:
                                               " (not aligned: per-unit regions below)"))
     print(f"  size={_fmt(t.size)}  stride={_fmt(tuple(str(s) for s in t.stride))}  "
           f"padding={_fmt(t.padding)}  aligned={t.aligned}  is_global={_fmt(t.is_global)}")
-    data: dict[str, Any] = {"model": model.name, "input": list(shape), **t.as_dict()}
+    data: dict[str, Any] = {"model": model.name, "layer": args.layer, "input": list(shape),
+                            **t.as_dict()}
     if t.output_shape:
         unit = args.unit or tuple(n // 2 for n in t.output_shape)
         try:
@@ -562,19 +670,20 @@ def cmd_erf(args: argparse.Namespace) -> int:
     reduce = args.reduce if args.convention == "paper" else None
     opts = {"reduce": reduce} if reduce is not None else {}
     img_shape = (args.images, *shape[1:])
-    fn0 = _build(model, args.seed, shape)
-    t = _trf_of(fn0, shape, model.name)
+    # The TRF is structural: check the output and the unit on zero weights (cheap) first.
+    t = _trf_of(_build(model, args.seed, shape, args.layer, abstract=True), shape, model.name)
     if not t.output_shape:
         raise CLIError(f"model {model.name!r}: its output has no spatial axis, so it has no "
                        "units and no ERF map; pick a model or layer with a spatial output")
     _check_unit_rank(args.unit, t.output_shape)
+    fn0 = _build(model, args.seed, shape, args.layer)
     unit = args.unit or tuple(n // 2 for n in t.output_shape)
     batch = args.batch_size or min(args.images, 32)
     rng = np.random.default_rng(args.seed)
     maps, count, nonfinite, crop = [], 0, 0, None
     t0 = time.perf_counter()
     for d in range(args.draws):
-        fn = fn0 if d == 0 else _build(model, args.seed + d, shape)
+        fn = fn0 if d == 0 else _build(model, args.seed + d, shape, args.layer)
         x = rng.standard_normal(img_shape, dtype=np.float32)
         try:
             r = erf(fn, x, unit=unit, batch_size=batch, convention=args.convention,
@@ -590,7 +699,8 @@ def cmd_erf(args: argparse.Namespace) -> int:
     sizes = [int(s) for s in t.size]
     met = erf_metrics(np.abs(m) if reduce == "grad" else m, sizes)
     region = t.region(unit)
-    print(f"model {model.name}, input {'x'.join(map(str, img_shape[1:]))}, unit "
+    where = f"{model.name}" + (f", layer {args.layer}" if args.layer else "")
+    print(f"model {where}, input {'x'.join(map(str, img_shape[1:]))}, unit "
           f"{_fmt(unit)} of output {_fmt(t.output_shape)}")
     print(f"ERF over {count} images x {args.draws} weight draw(s) ({nonfinite} non-finite "
           f"skipped), convention {args.convention}, reduce "
@@ -598,7 +708,7 @@ def cmd_erf(args: argparse.Namespace) -> int:
     print(f"TRF of the unit: size {_fmt(t.size)}, region "
           f"{_fmt([list(x) for x in region])}")
     _print_metrics(met)
-    data = {"model": model.name, "input": list(img_shape),
+    data = {"model": model.name, "layer": args.layer, "input": list(img_shape),
             "input_shape": list(t.input_shape), "unit": list(unit),
             "output_shape": list(t.output_shape), "images": args.images,
             "draws": args.draws, "count": count, "nonfinite": nonfinite, "seed": args.seed,
@@ -647,6 +757,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `rfjax ... | head`: stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

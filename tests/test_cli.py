@@ -141,6 +141,24 @@ def test_erf_builtin_draws_and_conventions(capsys, tmp_path):
     assert (tmp_path / "e.png").stat().st_size > 0
 
 
+def test_layer_option_lists_and_selects_inner_layers(capsys, tmp_path):
+    rc, out, _ = run(capsys, "models", "conv_stack")
+    assert rc == 0
+    assert [ln.split()[0] for ln in out.splitlines()[1:]] == ["conv1", "conv2", "conv3",
+                                                              "conv4"]
+    js = tmp_path / "t.json"
+    rc, out, _ = run(capsys, "trf", "conv_stack", "--layer", "conv2", "--json", str(js))
+    assert rc == 0 and "layer conv2" in out
+    data = json.loads(js.read_text())
+    assert data["layer"] == "conv2" and data["size"] == [5, 5]
+    assert data["region"] == [[6, 10], [6, 10]]
+    rc, out, _ = run(capsys, "erf", "conv_stack", "--layer", "conv2", "--images", "2",
+                     "--crop", "none", "--json", str(js))
+    assert rc == 0, out
+    data = json.loads(js.read_text())
+    assert data["trf_size"] == [5, 5] and data["size_threshold"]["extent"][0] <= 5
+
+
 def test_erf_seeded_factory_draws(capsys, factories):
     rc, out, _ = run(capsys, "erf", "cli_factories:seeded", "--images", "2", "--draws", "2",
                      "--reduce", "grad", "--crop", "none")
@@ -175,6 +193,10 @@ def test_erf_seeded_factory_draws(capsys, factories):
         (["erf", "conv_stack", "--convention", "replknet", "--reduce", "abs"], "replknet"),
         (["erf", "cli_factories:uniform2", "--draws", "2"], "fixed weights"),
         (["trf", "conv_stack", "--json", "/nonexistent_dir_xyz/t.json"], "--json"),
+        (["trf", "conv_stack", "--layer", "conv"], "did you mean conv1"),
+        (["erf", "conv_stack", "--layer", "nope"], "no such layer"),
+        (["trf", "cli_factories:uniform2", "--layer", "conv1"], "needs a built-in model"),
+        (["models", "cli_factories:uniform2"], "unknown built-in model"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
@@ -203,8 +225,10 @@ def test_help_explains_every_option_with_examples(capsys, cmd):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "example" in out
-    opts = {"trf": ["--input-shape", "--unit", "--seed", "--json"],
-            "erf": ["--input-shape", "--unit", "--seed", "--json", "--images", "--batch-size",
+    opts = {"trf": ["--input-shape", "--unit", "--seed", "--json", "--layer"],
+            "models": ["--input-shape"],
+            "erf": ["--input-shape", "--unit", "--seed", "--json", "--layer", "--images",
+                    "--batch-size",
                     "--draws", "--reduce", "--convention", "--crop", "--png", "--log"]}
     for opt in opts.get(cmd[0] if cmd else "", []):
         assert opt in out
