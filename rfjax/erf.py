@@ -414,6 +414,7 @@ def _summarise(maps: jax.Array, g: jax.Array, mask: jax.Array, spec: _Spec):
     """Sum of the finite, valid per-image maps, their count and the non-finite count."""
     axes = tuple(range(1, g.ndim))
     finite = jnp.all(jnp.isfinite(g), axis=axes)
+    maps = maps.astype(jnp.promote_types(maps.dtype, jnp.float32))  # bf16/f16: sum in f32
     good = mask & finite
     shape = (-1,) + (1,) * (maps.ndim - 1)
     total = jnp.where(good.reshape(shape), maps, 0).sum(axis=0)
@@ -879,9 +880,9 @@ def erf_weight_draws(
     _check_batch(x, "x")
     res = _resolve(apply_fn)
     entry = _cache_entry(res)
-    params0 = jax.eval_shape(init_fn, keys[0])
-    key = ("draws-shape", init_fn, output, x.shape, str(x.dtype))
+    key = ("draws-shape", init_fn, output, x.shape, str(x.dtype), keys.shape[1:], keys.dtype)
     if key not in entry:
+        params0 = jax.eval_shape(init_fn, keys[0])
         out = jax.eval_shape(
             lambda d, p, xx: select_output(res.rebuild(d)(p, xx), output), res.dyn, params0, x
         )

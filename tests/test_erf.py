@@ -129,10 +129,17 @@ def test_weight_draws_mean_matches_separate_calls():
     def init_fn(key):
         return jax.random.normal(key, (3, 3, 1, 2))
 
+    traces = []
+
     def apply_fn(k, v):
+        traces.append(1)
         return jnp.tanh(conv(v, k))
 
     mean, per_draw = erf_weight_draws(init_fn, apply_fn, keys, x)
+    n = len(traces)
+    again, _ = erf_weight_draws(init_fn, apply_fn, jax.random.split(jax.random.key(5), 3), x)
+    assert len(traces) == n  # cached: no retrace for new keys of the same shape
+    assert not np.allclose(np.asarray(again.map), np.asarray(mean.map))
     singles = [
         np.asarray(erf(functools.partial(apply_fn, init_fn(k)), x, crop="none").map) for k in keys
     ]
