@@ -69,7 +69,11 @@ class TrainConfig:
       log_every: append training metrics to ``metrics.jsonl`` every this many steps.
       weight_decay: L2 coefficient on convolution / dense kernels.
       width: model width (channels of the first stage).
-      crop: CamVid training crop ``(height, width)``; ignored for CIFAR-10.
+      crop: CamVid training crop ``(height, width)`` (at the downscaled resolution); ignored
+        for CIFAR-10.
+      downscale: CamVid only: train and predict on images box-filtered down by this integer
+        factor (labels by majority vote over each block for training). Evaluation stays at the
+        labels' full resolution: logits are resized back (bilinear) before the argmax.
       label_smoothing: CIFAR-10 label smoothing.
       class_weights: CamVid loss weighting, ``"none"`` or ``"median"`` (median frequency
         balancing computed on the training labels).
@@ -89,6 +93,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     width: int = 32
     crop: tuple[int, int] = (128, 160)
+    downscale: int = 1
     label_smoothing: float = 0.1
     class_weights: str = "none"
     warmup: float = 0.25
@@ -118,6 +123,10 @@ class TrainConfig:
         if self.class_weights not in ("none", "median"):
             raise ValueError(f"class_weights must be 'none' or 'median', got "
                              f"{self.class_weights!r}")
+        if isinstance(self.downscale, bool) or not isinstance(self.downscale, int) \
+                or self.downscale < 1 or (self.task == "cifar10" and self.downscale != 1):
+            raise ValueError(f"downscale must be an int >= 1 (1 for cifar10), got "
+                             f"{self.downscale!r}")
         crop = tuple(self.crop)
         if len(crop) != 2 or any(not isinstance(c, int) or c < 8 or c % 8 for c in crop):
             raise ValueError(f"crop must be (height, width), multiples of 8, got {self.crop!r}")
@@ -291,6 +300,42 @@ def median_frequency_weights(labels: np.ndarray, num_classes: int, ignore: int) 
     return np.where(np.isnan(freq), 0.0, med / freq).astype(np.float32)
 
 
+def downscale_images(images: np.ndarray, factor: int) -> np.ndarray:
+    """Box-filter (N, H, W, C) uint8 images down by ``factor``: uint8 (N, H/f, W/f, C), rounded.
+
+    H and W must be multiples of ``factor``.
+    """
+    n, h, w, c = images.shape
+    if h % factor or w % factor:
+        raise ValueError(f"downscale: image size {h}x{w} is not a multiple of {factor}")
+    if factor == 1:
+        return images
+    blocks = images.reshape(n, h // factor, factor, w // factor, factor, c)
+    return np.rint(blocks.mean(axis=(2, 4), dtype=np.float64)).astype(np.uint8)
+
+
+def downscale_labels(labels: np.ndarray, factor: int, num_labels: int = 12) -> np.ndarray:
+    """Majority label of each ``factor x factor`` block: int32 (N, H/f, W/f).
+
+    Ties go to the smallest label value; void (11) wins only where it is the strict majority
+    over every class.
+    """
+    n, h, w = labels.shape
+    if h % factor or w % factor:
+        raise ValueError(f"downscale: label size {h}x{w} is not a multiple of {factor}")
+    if factor == 1:
+        return labels.astype(np.int32)
+    out = np.empty((n, h // factor, w // factor), np.int32)
+    for i in range(n):  # one image at a time keeps the one-hot small
+        blocks = labels[i].reshape(h // factor, factor, w // factor, factor)
+        counts = np.zeros((h // factor, w // factor, num_labels), np.int16)
+        for a in range(factor):
+            for b in range(factor):
+                np.add.at(counts, (*np.indices(counts.shape[:2]), blocks[:, a, :, b]), 1)
+        out[i] = np.argmax(counts, axis=-1)
+    return out
+
+
 def params_sha256(params: Any) -> str:
     """SHA-256 (hex) of the leaves of ``params`` in tree order, as little-endian bytes."""
     digest = hashlib.sha256()
@@ -361,17 +406,22 @@ def _predict_cifar(model, variables, images):
 @functools.partial(jax.jit, static_argnames=("model",))
 def _confusion_camvid(model, variables, images, labels):
     padded, (h, w) = pad_to_multiple(rdata.normalize(images))
-    pred = jnp.argmax(model.apply(variables, padded)[:, :h, :w], axis=-1)
+    logits = model.apply(variables, padded)[:, :h, :w]
+    if logits.shape[1:3] != labels.shape[1:]:  # downscaled input: back to label resolution
+        logits = jax.image.resize(logits, (*labels.shape, logits.shape[-1]), "bilinear")
+    pred = jnp.argmax(logits, axis=-1)
     return confusion_matrix(pred, labels, rdata.NUM_CLASSES["camvid"], ignore=rdata.CAMVID_VOID)
 
 
 def evaluate(model: CifarNet | CamVidNet, variables: dict, split: rdata.Split,
-             batch_size: int = 100) -> dict[str, Any]:
+             batch_size: int = 100, downscale: int = 1) -> dict[str, Any]:
     """Evaluate in inference mode on a whole split.
 
     CIFAR-10: ``{"accuracy", "num_examples"}``. CamVid: :func:`segmentation_scores` of the
     confusion matrix summed over the split, at the split's own resolution (images padded to a
-    multiple of 8, logits cropped back; void pixels ignored), plus ``"confusion"``.
+    multiple of 8, logits cropped back; void pixels ignored), plus ``"confusion"``. With
+    ``downscale > 1`` the model sees the images box-filtered down by that factor and its logits
+    are resized (bilinear) back to the labels' resolution, where the scores are computed.
     The last partial batch is padded (repeats of the first example) and the padding discarded,
     so every batch has one shape (one compilation).
     """
@@ -386,6 +436,7 @@ def evaluate(model: CifarNet | CamVidNet, variables: dict, split: rdata.Split,
             correct += int(np.sum(pred[:real] == labels[idx[:real]]))
         return {"accuracy": correct / n, "num_examples": n}
     num_classes = rdata.NUM_CLASSES["camvid"]
+    images = downscale_images(images, downscale)
     total = np.zeros((num_classes, num_classes), np.int64)
     for start in range(0, n, batch_size):
         idx = _padded_range(start, batch_size, n)
@@ -393,7 +444,7 @@ def evaluate(model: CifarNet | CamVidNet, variables: dict, split: rdata.Split,
         lab[min(batch_size, n - start):] = rdata.CAMVID_VOID  # padding counts for nothing
         total += np.asarray(_confusion_camvid(model, variables, images[idx], lab))
     return {**segmentation_scores(total), "confusion": total.tolist(), "num_examples": n,
-            "resolution": list(images.shape[1:3])}
+            "resolution": list(labels.shape[1:3]), "input_resolution": list(images.shape[1:3])}
 
 
 def _padded_range(start: int, size: int, n: int) -> np.ndarray:
@@ -516,6 +567,9 @@ def train(
     train_split = rdata.load(config.task, "train", data_dir=data_dir, prepared_dir=prepared_dir)
     test_split = rdata.load(config.task, "test", data_dir=data_dir, prepared_dir=prepared_dir)
     if config.task == "camvid":
+        train_split = dataclasses.replace(
+            train_split, images=downscale_images(train_split.images, config.downscale),
+            labels=downscale_labels(train_split.labels, config.downscale))
         h, w = train_split.images.shape[1:3]
         if config.crop[0] > h or config.crop[1] > w:
             raise ValueError(f"crop {config.crop} is larger than the CamVid images {(h, w)}")
@@ -567,7 +621,8 @@ def train(
             if done % config.checkpoint_every == 0 or done == config.steps:
                 _save(manager, done, state)
             if config.eval_every and done % config.eval_every == 0 and done < config.steps:
-                scores = evaluate(model, _variables(state), test_split, config.eval_batch_size)
+                scores = evaluate(model, _variables(state), test_split,
+                                  config.eval_batch_size, config.downscale)
                 _append_metrics(workdir, {"step": done, "split": "test", **_brief(scores)})
                 bar.write(f"step {done}: " + _summary(config.task, scores))
             if step_delay:
@@ -579,7 +634,8 @@ def train(
         _save(manager, config.steps, state)
     manager.close()
 
-    scores = evaluate(model, _variables(state), test_split, config.eval_batch_size)
+    scores = evaluate(model, _variables(state), test_split, config.eval_batch_size,
+                      config.downscale)
     digest = params_sha256(state["params"])
     result = {"step": config.steps, "params_sha256": digest, "test": scores,
               "train_seconds_this_process": train_seconds}

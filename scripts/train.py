@@ -76,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", type=_crop, default=(128, 160),
                    help="camvid: random training crop HEIGHTxWIDTH (multiples of 8); the "
                    "test split is evaluated at its full resolution")
+    p.add_argument("--downscale", type=int, default=1,
+                   help="camvid: train and predict on images box-filtered down by this factor; "
+                   "the test split is still scored at the labels' full resolution (logits "
+                   "resized back)")
     p.add_argument("--class-weights", choices=("none", "median"), default="none",
                    help="camvid: loss class weighting (median frequency balancing)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="cifar10: label smoothing")
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             task=args.task, steps=args.steps, seed=args.seed,
             checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
             log_every=args.log_every, warmup=args.warmup, crop=args.crop,
-            class_weights=args.class_weights, label_smoothing=args.label_smoothing, **pick)
+            class_weights=args.class_weights, downscale=args.downscale,
+            label_smoothing=args.label_smoothing, **pick)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

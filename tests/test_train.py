@@ -82,6 +82,26 @@ def test_median_frequency_weights_hand_computed():
     assert w[3] == 0.0 and w.dtype == np.float32
 
 
+def test_downscale_helpers_hand_computed():
+    labels = np.array([[[0, 0, 1, 2],
+                        [0, 3, 2, 2],
+                        [11, 11, 5, 5],
+                        [11, 4, 6, 6]]])
+    # Block majorities; the 5/6 tie goes to the smaller label.
+    np.testing.assert_array_equal(rtrain.downscale_labels(labels, 2), [[[0, 2], [11, 5]]])
+    images = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)
+    # Block means 2.5, 4.5, 10.5, 12.5, rounded half to even.
+    np.testing.assert_array_equal(rtrain.downscale_images(images, 2)[..., 0], [[[2, 4],
+                                                                                  [10, 12]]])
+    assert rtrain.downscale_images(images, 1) is images
+    with pytest.raises(ValueError, match="not a multiple of 3"):
+        rtrain.downscale_images(images, 3)
+    with pytest.raises(ValueError, match="not a multiple of 3"):
+        rtrain.downscale_labels(labels, 3)
+    with pytest.raises(ValueError, match="downscale"):
+        rtrain.TrainConfig(task="cifar10", steps=1, batch_size=1, lr=0.1, downscale=2)
+
+
 # --------------------------------------------------------------------------- losses
 
 
@@ -203,6 +223,15 @@ def test_evaluate_pads_the_last_batch_and_matches_direct_computation():
     np.testing.assert_array_equal(got["confusion"], m)
     assert got["miou"] == pytest.approx(rtrain.segmentation_scores(m)["miou"])
     assert got["resolution"] == [18, 20] and got["num_examples"] == 3
+    # Downscaled input: logits at 9x10 resized (bilinear) to the labels' 18x20.
+    half = rtrain.evaluate(model, variables, split, batch_size=3, downscale=2)
+    small = rtrain.downscale_images(images, 2)
+    logits = segment(model, variables, rdata.normalize(small))
+    pred = np.argmax(jax.image.resize(logits, (3, 18, 20, 11), "bilinear"), axis=-1)
+    m = np.zeros((11, 11), int)
+    np.add.at(m, (labels[labels != 11], pred[labels != 11]), 1)
+    np.testing.assert_array_equal(half["confusion"], m)
+    assert half["input_resolution"] == [9, 10]
 
     ccfg = rtrain.TrainConfig(task="cifar10", steps=1, batch_size=2, lr=0.1, width=2)
     cmodel, cstate = rtrain.make_model(ccfg), rtrain.init_state(ccfg)
@@ -284,6 +313,7 @@ def _sha(stdout: str) -> str:
     return digest
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(tmp_path):
     src, prepared = tmp_path / "src", tmp_path / "prepared"
     env = _env(tmp_path / "xla")
