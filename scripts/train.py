@@ -1,11 +1,13 @@
-"""Train the CIFAR-10 classifier or the CamVid segmentation network, resumably.
+r"""Train the CIFAR-10 classifier or the CamVid segmentation network, resumably.
 
-Examples (from the project root; the data sources are in ../shared/data)::
+The runs recorded in the README (from the project root; sources in ../shared/data)::
 
-    python scripts/train.py cifar10 --data-dir ../shared/data --workdir /work/runs/cifar10 \\
-        --steps 2200 --checkpoint-every 200 --seed 0 --batch-size 128 --lr 0.1
-    python scripts/train.py camvid --data-dir ../shared/data --workdir /work/runs/camvid \\
-        --steps 1500 --checkpoint-every 100 --seed 0 --batch-size 8 --lr 0.05
+    python scripts/train.py cifar10 --data-dir ../shared/data --workdir /work/runs/cifar10 \
+        --steps 1100 --checkpoint-every 100 --eval-every 275 --seed 0 --batch-size 128 \
+        --lr 0.1 --width 32
+    python scripts/train.py camvid --data-dir ../shared/data --workdir /work/runs/camvid \
+        --steps 1500 --checkpoint-every 100 --eval-every 500 --seed 0 --batch-size 8 \
+        --lr 0.05 --width 16 --downscale 2 --crop 80x112 --class-weights median
 
 Re-running the same command after an interruption (even SIGKILL) resumes from the latest
 complete checkpoint in WORKDIR/checkpoints and ends with the same parameters as an
@@ -40,13 +42,15 @@ def _crop(text: str) -> tuple[int, int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="scripts/train.py",
-        description=__doc__.split("\n\n")[0] + " Metrics go to WORKDIR/metrics.jsonl, the "
-        "configuration to WORKDIR/config.json, checkpoints (orbax) to WORKDIR/checkpoints, the "
-        "final evaluation to WORKDIR/final.json.",
-        epilog="Task defaults: cifar10 --batch-size 128 --lr 0.1 --width 32; camvid "
-        "--batch-size 8 --lr 0.05 --width 16 --crop 128x160. Progress bar on stderr when it is "
-        "a terminal (RFJAX_NO_PROGRESS=1 turns it off).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0] + "\n\nWrites WORKDIR/config.json (the run's "
+        "configuration), WORKDIR/checkpoints/<step>/ (orbax: params, batch stats, optimiser "
+        "state, step), WORKDIR/metrics.jsonl (appended: loss, learning rate, images/s, test "
+        "scores) and WORKDIR/final.json (final test scores and params_sha256).",
+        epilog="Task defaults: cifar10 --batch-size 128 --lr 0.1 --width 32 --weight-decay "
+        "5e-4;\ncamvid --batch-size 8 --lr 0.05 --width 16 --weight-decay 5e-4.\nA progress "
+        "bar (loss, images/s) goes to stderr when it is a terminal;\nRFJAX_NO_PROGRESS=1 turns "
+        "it off.\n\n" + "\n\n".join(__doc__.split("\n\n")[1:]).replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("task", choices=TASKS, help="dataset / model to train")
     p.add_argument("--data-dir", default=None,
@@ -59,30 +63,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="output folder (made absolute); re-use it to resume a run")
     p.add_argument("--steps", type=int, required=True, help="optimiser steps in total")
     p.add_argument("--checkpoint-every", type=int, default=200,
-                   help="save a checkpoint every K steps (and at the end)")
+                   help="save a checkpoint every K steps and at the end (default 200)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seeds initialisation, data order and augmentation")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size")
+                   help="seeds initialisation, data order and augmentation (default 0)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="training batch size (default: per task, below)")
     p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (SGD + Nesterov momentum, cosine one-cycle)")
-    p.add_argument("--weight-decay", type=float, default=None, help="L2 on kernels")
-    p.add_argument("--width", type=int, default=None, help="channels of the first stage")
+                   help="peak learning rate of the cosine one-cycle schedule (SGD, "
+                   "Nesterov momentum 0.9)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 coefficient on kernels (default: per task)")
+    p.add_argument("--width", type=int, default=None,
+                   help="model width: channels of the first stage (default: per task)")
     p.add_argument("--warmup", type=float, default=0.25,
-                   help="fraction of the steps with increasing learning rate")
+                   help="fraction of the steps with increasing learning rate (default 0.25)")
     p.add_argument("--eval-every", type=int, default=0,
                    help="evaluate on the test split every N steps (0: only at the end)")
     p.add_argument("--log-every", type=int, default=10,
-                   help="append training loss / throughput to metrics.jsonl every N steps")
+                   help="append training loss / throughput to metrics.jsonl every N steps "
+                   "(default 10)")
     p.add_argument("--crop", type=_crop, default=(128, 160),
-                   help="camvid: random training crop HEIGHTxWIDTH (multiples of 8); the "
-                   "test split is evaluated at its full resolution")
+                   help="camvid: random training crop HEIGHTxWIDTH, multiples of 8, at the "
+                   "(downscaled) training resolution (default 128x160); the test split is "
+                   "evaluated on whole images")
     p.add_argument("--downscale", type=int, default=1,
                    help="camvid: train and predict on images box-filtered down by this factor; "
                    "the test split is still scored at the labels' full resolution (logits "
-                   "resized back)")
+                   "resized back; default 1)")
     p.add_argument("--class-weights", choices=("none", "median"), default="none",
-                   help="camvid: loss class weighting (median frequency balancing)")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="cifar10: label smoothing")
+                   help="camvid: loss class weighting: none (default) or median frequency "
+                   "balancing")
+    p.add_argument("--label-smoothing", type=float, default=0.1,
+                   help="cifar10: label smoothing (default 0.1)")
     # Test hook: sleep after every step so that a test can kill the run mid-way.
     p.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
