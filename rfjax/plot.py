@@ -193,6 +193,7 @@ def fig_cnn_vs_transformer(result) -> Figure:
                title=f"ViT, {d['vit_depth']} blocks: ERF of the centre token\n"
                      f"TRF = whole image (red); {100 * m['vit_own_patch_mass']:.0f}% of the "
                      "mass\nin its own 4x4 patch (white)")
+    outline_region(axes[2], ((0, n - 1), (0, n - 1)), color="red", lw=3)  # global TRF
     outline_region(axes[2], d["patch_region"], color="white", lw=1.2)
     for a in axes[1:]:
         a.set_xlabel("column")
@@ -344,12 +345,18 @@ def fig_erf_growth(result) -> Figure:
     axes[1].loglog(depths, rt, "k--", lw=1, label="theory, uniform (slope -> -0.5)")
     axes[0].set_ylabel("ERF size (pixels, Gaussian 4 sigma)")
     axes[1].set_ylabel("ERF size / TRF size")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     for ax in axes:
         ax.set_xlabel("number of layers n")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         ax.set_xticks(depths)
         ax.set_xticklabels([str(int(v)) for v in depths])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
     head = _SETTING_LABELS[m["headline"]]
     axes[0].set_title(f"ERF size: exponent_size ({head}, mean map) = {m['exponent_size']:.2f} "
                       "(paper 0.56, theory 0.5)", fontsize=9)

@@ -43,15 +43,17 @@ def _names(values: list[str] | None) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="scripts/make_figures.py",
-        description=__doc__.split("\n\n")[0] + " Experiments: " + ", ".join(NAMES) + ".",
+        description=__doc__ + "\nExperiments: " + ", ".join(NAMES) + ".",
         epilog="A progress bar per experiment on stderr when it is a terminal "
         "(RFJAX_NO_PROGRESS=1 turns them off). The same --seed gives the same numbers.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="fewer weight draws, images and training steps (minutes, not an hour)")
+                   help="fewer weight draws, images and training steps (under 10 minutes on "
+                   "a 2-core CPU); default: the full run")
     p.add_argument("--only", action="append", metavar="NAME[,NAME...]",
                    help="run only these experiments (repeatable or comma-separated)")
-    p.add_argument("--out", default="paper_figures", help="output folder")
+    p.add_argument("--out", default="paper_figures",
+                   help="output folder (default: paper_figures)")
     p.add_argument("--data-dir", default=None,
                    help="CIFAR-10/CamVid source folder (default: $RFJAX_DATA_DIR, else "
                    "../shared/data)")
@@ -59,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder with trained cifar10/ and camvid/ workdirs of "
                    "scripts/train.py for the 'training' figure; without it the figure trains "
                    "both models itself (briefly with --quick)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every experiment")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every experiment (default: 0)")
     args = p.parse_args(argv)
     args.names = _names(args.only)
     if args.checkpoints is not None and not Path(args.checkpoints).is_dir():

@@ -216,9 +216,10 @@ def test_training_trains_then_reads_its_checkpoints(tmp_path, synthetic_data):
                    erf_camvid_after=9.0)
     assert E.holds_training(good)
     assert not E.holds_training(_broken(good, erf_camvid_after=4.0))
-    assert not E.holds_training(_broken(good, erf_cifar_after=33.0))
+    assert m["cifar_flat_map_size"] == pytest.approx(4 * np.sqrt((32**2 - 1) / 12), rel=1e-5)
+    assert not E.holds_training(_broken(good, erf_cifar_after=37.0))
     assert not E.holds_training(_broken(good, trf_cifar=[32, 32]))
-    with pytest.raises(FileNotFoundError, match="cifar10/config.json"):
+    with pytest.raises(FileNotFoundError, match="no finished run cifar10/"):
         E.run_experiment("training", E.make_config("training", "tiny",
                                                    checkpoints=str(tmp_path / "none")))
 
