@@ -186,8 +186,9 @@ def _reduce_pair(op, arrs):
 @dataclasses.dataclass(frozen=True)
 class Window:
     """Output index ``u`` reads dilated positions ``p = u*stride + k*dilation - pad_lo``,
-    ``k < size``; a dilated position is the element ``p / lhs_dilation`` when it is integral and
-    inside ``[0, n_in)``, virtual padding when it lies outside, and a hole otherwise."""
+    ``k < size``; a dilated position on the grid (``p`` a multiple of ``lhs_dilation``) is the
+    element ``p / lhs_dilation`` inside ``[0, n_in)`` and a virtual (padding) element outside;
+    positions off the grid are holes and contribute nothing."""
 
     n_in: int
     n_out: int
@@ -206,9 +207,12 @@ class Window:
              + np.arange(self.size)[None, :] * self.rhs_dilation - self.pad_lo)
         D = self.lhs_dilation
         top = (self.n_in - 1) * D
-        real = (P % D == 0) & (P >= 0) & (P <= top)
-        left = P < 0
-        right = P > top
+        on_grid = P % D == 0
+        real = on_grid & (P >= 0) & (P <= top)
+        # Outside the input, only positions on the dilated grid are virtual elements; the
+        # zeros between them are holes, as they are inside.
+        left = on_grid & (P < 0)
+        right = on_grid & (P > top)
         return P, real, left, right
 
     def relation(self) -> np.ndarray:
@@ -232,6 +236,20 @@ class Window:
         last = A[..., -1:][..., None]
         vl = first + t * slope
         vr = last + (t - (self.n_in - 1)) * slope
+        per = _period(A) if m > 1 else None
+        if per is not None:
+            # A staircase (after upsampling) continues periodically into the padding, so a
+            # border unit gets the same extent as an interior one.
+            p, n = per, m
+            ti = np.floor(t).astype(np.int64)
+            integral = ti == t
+            q = np.mod(ti, p)
+            dl = (A[..., p] - A[..., 0])[..., None, None]
+            vl = np.where(integral, A[..., q] + ((ti - q) // p) * dl, vl)
+            s_end = n - p + np.mod(ti - (n - p), p)
+            s_end = np.clip(s_end, 0, n - 1)
+            dr = (A[..., n - 1] - A[..., n - 1 - p])[..., None, None]
+            vr = np.where(integral, A[..., s_end] + ((ti - s_end) // p) * dr, vr)
         fill = INF if is_lo else -INF
         vals = np.where(real, G, np.where(left, vl, np.where(right, vr, fill)))
         if is_lo:
@@ -239,6 +257,19 @@ class Window:
         else:
             out = np.ceil(vals).max(axis=-1)
         return np.moveaxis(out, -1, axis)
+
+
+def _period(A: np.ndarray, max_period: int = 8) -> int | None:
+    """Smallest p such that ``A[..., i + p] - A[..., i]`` is the same finite value for every i
+    (per leading index), i.e. the last axis is affine (p = 1) or a periodic staircase."""
+    n = A.shape[-1]
+    if not np.isfinite(A).all():
+        return None
+    for p in range(1, min(max_period, n - 1) + 1):
+        d = A[..., p:] - A[..., :-p]
+        if np.all(d == d[..., :1]):
+            return p
+    return None
 
 
 def _apply_relation(mask: np.ndarray, axis: int, R: np.ndarray) -> np.ndarray:

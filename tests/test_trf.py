@@ -491,3 +491,25 @@ def test_calculator_errors_and_same():
     r = rfjax.receptive_field([L(3, 2, "SAME")], input_size=8)
     assert r.padding == (0, 0) and r.layers[-1][4] == (4, 4)  # JAX pads (0, 1) here
     assert "layer0" in r.table()
+
+
+def test_paper_models_cifar_74_and_camvid():
+    """The CIFAR-10 classifier's last feature map sees 74x74 (> the 32x32 input, the paper's
+    setting); the CamVid U-Net's units see 156 or 164 pixels per axis, as documented."""
+    from rfjax.models.camvid import CAMVID_TRF, CamVidNet
+    from rfjax.models.cifar import CIFAR_TRF, CifarNet
+
+    m = CifarNet()
+    v = _init(m, (1, 32, 32, 3))
+    t = rfjax.trf(functools.partial(m.apply, v, method=CifarNet.features), (2, 32, 32, 3))
+    assert t.size == (74, 74) == (CIFAR_TRF, CIFAR_TRF) and t.stride == (8, 8) and t.aligned
+    assert t.output_shape == (4, 4) and not any(t.is_global)
+    assert t.mask((0, 0)).sum() < 32 * 32 <= t.size[0] * t.size[1]
+    logits = rfjax.trf(functools.partial(m.apply, v), (2, 32, 32, 3))
+    assert logits.is_global == (True, True) and not logits.batch_coupled
+    c = CamVidNet()
+    vc = _init(c, (1, 64, 64, 3))
+    tc = rfjax.trf(functools.partial(c.apply, vc), (1, 184, 240, 3))
+    assert tc.size == (CAMVID_TRF, CAMVID_TRF) == (164, 164) and not tc.aligned
+    assert {tc.region((u, u))[0][1] - tc.region((u, u))[0][0] + 1 for u in range(80, 96)} == {
+        156, 164}
