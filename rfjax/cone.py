@@ -34,13 +34,11 @@ The plan is derived once per function and shape and cached with the compiled fun
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
@@ -371,7 +369,6 @@ class _Cone:
     need: dict  # var id -> clipped window
     req: dict  # (node index, operand position) -> unclipped window
     live: list  # node indices that are evaluated (input-dependent and needed)
-    im2col: bool = False  # dense convolutions as patches @ kernel (see cone_plan)
 
 
 def _analyse(closed, unit: tuple[int, ...]) -> _Cone:
@@ -505,9 +502,6 @@ def _eval_node(cone: _Cone, idx: int, node: _Node, read):
             # input; pad so that the first output reads q0 and the last reads up to q1.
             pad[j] = (a * ld - q0, q1 - (b - 1) * ld)
         p["padding"] = tuple(pad)
-        if cone.im2col and p["feature_group_count"] == 1 and all(
-                v == 1 for v in p["lhs_dilation"]):
-            return _conv_im2col(args[0], args[1], p)
     elif name.startswith("reduce_window"):
         i = node.ins[0]
         lab = cone.labels[i]
@@ -546,39 +540,13 @@ def _eval_node(cone: _Cone, idx: int, node: _Node, read):
 
 
 
-def _conv_im2col(lhs, rhs, p):
-    """``conv_general_dilated`` (no lhs dilation, one feature group) as patches @ kernel."""
-    dn = p["dimension_numbers"]
-    n = len(dn.lhs_spec) - 2
-    x = jnp.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
-    w = jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))  # (*k, I, O)
-    x = jnp.pad(x, [(0, 0), *p["padding"], (0, 0)])
-    ksz, st, dil = w.shape[:n], p["window_strides"], p["rhs_dilation"]
-    out = [(x.shape[1 + j] - (ksz[j] - 1) * dil[j] - 1) // st[j] + 1 for j in range(n)]
-    patches = []
-    for offs in itertools.product(*(range(k) for k in ksz)):
-        idx = tuple(slice(o * dil[j], o * dil[j] + (out[j] - 1) * st[j] + 1, st[j])
-                    for j, o in enumerate(offs))
-        patches.append(x[(slice(None), *idx, slice(None))])
-    cols = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
-    y = jnp.dot(cols, w.reshape(-1, w.shape[-1]), precision=p.get("precision"),
-                preferred_element_type=p.get("preferred_element_type"))
-    cur = [dn.out_spec[0], *dn.out_spec[2:], dn.out_spec[1]]
-    return jnp.transpose(y, tuple(int(i) for i in np.argsort(cur)))
-
-
-def cone_plan(closed, unit: tuple[int, ...], im2col: bool = False) -> CropPlan:
+def cone_plan(closed, unit: tuple[int, ...]) -> CropPlan:
     """The cone plan for a jaxpr of ``(dyn leaves..., x) -> output`` traced on one image.
-
-    ``im2col=True`` runs every dense (one feature group) convolution of the cone as one matmul
-    of gathered patches with the kernel. On a loaded 2-core CPU this ran a 16-layer 64-channel
-    cone up to ~1.8x faster than XLA:CPU's convolution in steady state, but compiles ~5x slower
-    (10 s instead of 2 s), so it pays only for long runs; the default is XLA's convolution.
 
     Raises:
       Unsupported: when some operation on the input's path is not supported.
     """
-    cone = dataclasses.replace(_analyse(closed, unit), im2col=im2col)
+    cone = _analyse(closed, unit)
     window = tuple(cone.need[cone.x_id])
     n_dyn = cone.n_dyn
 
@@ -600,15 +568,14 @@ def cone_plan(closed, unit: tuple[int, ...], im2col: bool = False) -> CropPlan:
 # --------------------------------------------------------------------------------------------
 
 
-def plan_crop(entry: dict, res: Any, spec: Any, x_aval, out_shape, crop: str,
-              im2col: bool = False):
+def plan_crop(entry: dict, res: Any, spec: Any, x_aval, out_shape, crop: str):
     """``(mode, plan)`` for :func:`rfjax.erf`: ``"cone"``, ``"input"`` or ``"none"``.
 
     Cached in ``entry`` (the per-function compile cache) per unit, output and shapes.
     """
     from rfjax.erf import _dyn_sig, select_output
 
-    key = ("crop-plan", crop, im2col, spec.unit, spec.output, x_aval.shape[1:], str(x_aval.dtype),
+    key = ("crop-plan", crop, spec.unit, spec.output, x_aval.shape[1:], str(x_aval.dtype),
            _dyn_sig(res.dyn))
     if key in entry:
         return entry[key]
@@ -620,7 +587,7 @@ def plan_crop(entry: dict, res: Any, spec: Any, x_aval, out_shape, crop: str,
         try:
             closed = jax.make_jaxpr(
                 lambda d, x: select_output(res.rebuild(d)(x), spec.output))(res.dyn, one)
-            plan = cone_plan(closed, spec.unit, im2col)
+            plan = cone_plan(closed, spec.unit)
             if tuple(plan.window) != tuple((0, s) for s in spatial) or crop == "cone":
                 result = ("cone", plan)
         except Unsupported as e:

@@ -633,7 +633,6 @@ def erf(
     shard: bool = True,
     verify: bool = True,
     progress: bool = True,
-    im2col: bool = False,
 ) -> ERF:
     """The effective receptive field of one output unit of ``fn``, averaged over images.
 
@@ -663,8 +662,6 @@ def erf(
       verify: check a crop against the uncropped gradient on the first image.
       progress: show a tqdm bar over chunks (never when stderr is not a terminal or
         ``RFJAX_NO_PROGRESS=1``).
-      im2col: in the cone, run dense convolutions as patch matmuls (faster per image on CPU,
-        much slower to compile; for long runs, see :func:`rfjax.cone.cone_plan`).
 
     Returns:
       :class:`ERF` with ``map`` of the input's spatial shape, in the input's float dtype.
@@ -692,7 +689,7 @@ def erf(
     _check_batch(first, "batch 0")
     entry = _cache_entry(res)
     spec, mode, plan = _plan(entry, res, first[:1], unit, reduce, channels, convention, output,
-                             crop, per_image, method, verify, im2col)
+                             crop, per_image, method, verify)
     if batch_size is None:
         # On CPU, several small chunks in flight beat one big one: measured on a 2-core CPU
         # for 64 images of a 10-layer 64-channel stack at 64x64, 16-image chunks ran the cone
@@ -744,7 +741,7 @@ def _chunk_fn(entry, res, spec, mode, plan, chunk):
 
 
 def _plan(entry, res, chunk, unit, reduce, channels, convention, output, crop, per_image,
-          method, verify, im2col=False):
+          method, verify):
     """Resolve the unit, pick and verify the crop: ``(spec, mode, plan)``.
 
     ``chunk`` is one image ``(1, *spatial, C)`` (shapes are all that matter, and the
@@ -759,7 +756,7 @@ def _plan(entry, res, chunk, unit, reduce, channels, convention, output, crop, p
     if crop != "none":
         from rfjax import cone
 
-        mode, plan = cone.plan_crop(entry, res, spec, x_aval, out_shape, crop, im2col)
+        mode, plan = cone.plan_crop(entry, res, spec, x_aval, out_shape, crop)
     if mode != "none" and verify:
         # Once per plan: whether a crop is exact is structural (it depends on the graph, not
         # on weight values), so later calls with the same function and shapes reuse the
