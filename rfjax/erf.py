@@ -469,8 +469,10 @@ def _make_full_grad_fn(rebuild, spec: _Spec, mode: str, plan: Any, spatial: tupl
 # --------------------------------------------------------------------------------------------
 
 
-def _as_batch(b: Any, image_key: str) -> Any:
-    if isinstance(b, Mapping):
+def _as_batch(b: Any, image_key: str | Callable[[Any], Any]) -> Any:
+    if callable(image_key):  # e.g. lambda b: b["image"].astype(np.float32) / 255
+        b = image_key(b)
+    elif isinstance(b, Mapping):
         if image_key not in b:
             raise ValueError(
                 f"batch is a dict without the image key {image_key!r} (keys: {sorted(b)}); "
@@ -497,7 +499,7 @@ def _check_batch(b: Any, where: str) -> None:
         raise ValueError(f"{where}: the batch is empty (N = 0)")
 
 
-def _batches(x: Any, image_key: str):
+def _batches(x: Any, image_key: str | Callable[[Any], Any]):
     """Yield the batches of ``x`` (one array, or an iterable of arrays or dicts)."""
     if isinstance(x, (jax.Array, np.ndarray, Mapping)) or (
         hasattr(x, "shape") and hasattr(x, "dtype")
@@ -629,7 +631,7 @@ def erf(
     crop: str = "auto",
     per_image: bool = False,
     method: str = "vjp",
-    image_key: str = "image",
+    image_key: str | Callable[[Any], Any] = "image",
     shard: bool = True,
     verify: bool = True,
     progress: bool = True,
@@ -657,7 +659,9 @@ def erf(
         the uncropped gradient (``verify=True``) and dropped with a warning if it differs.
       per_image: also return every image's map (``ERF.per_image``).
       method: ``"vjp"`` (one batched VJP, the default, faster) or ``"vmap"`` (vmap of grad).
-      image_key: key of the image in dict batches.
+      image_key: key of the image in dict batches, or a callable applied to every batch
+        that returns the float image array (to select and normalise, e.g. uint8 TFDS images:
+        ``lambda b: b["image"].astype(np.float32) / 255``).
       shard: shard each chunk's batch axis over ``jax.devices()`` when there are several.
       verify: check a crop against the uncropped gradient on the first image.
       progress: show a tqdm bar over chunks (never when stderr is not a terminal or

@@ -244,6 +244,14 @@ def test_merge_per_image_and_chunks_equal_one_shot():
     np.testing.assert_allclose(np.asarray(gen.map), np.asarray(full.map), rtol=1e-5)
     dicts = erf(fn, iter([{"img": x[:4]}, {"img": x[4:]}]), image_key="img", crop="none")
     np.testing.assert_allclose(np.asarray(dicts.map), np.asarray(full.map), rtol=1e-5)
+    with pytest.raises(ValueError, match="without the image key 'image'"):
+        erf(fn, [{"img": x}], crop="none")
+    # a TFDS-like stream of uint8 images, normalised by a callable image_key
+    u8 = np.random.default_rng(0).integers(0, 256, size=(5, 10, 10, 3), dtype=np.uint8)
+    stream = ({"image": u8[i : i + 2], "label": i} for i in range(0, 5, 2))
+    got = erf(fn, stream, image_key=lambda b: b["image"].astype(np.float32) / 255, crop="none")
+    want = erf(fn, u8.astype(np.float32) / 255, crop="none")
+    np.testing.assert_allclose(np.asarray(got.map), np.asarray(want.map), rtol=1e-5)
     with pytest.raises(ValueError, match="different units"):
         a.merge(erf(fn, x[:2], unit=(0, 0)))
     # The result is a pytree: map and per-image maps are its leaves.
