@@ -22,6 +22,7 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import warnings
 from collections.abc import Callable, Sequence
@@ -185,7 +186,7 @@ class TRF:
             m = np.zeros((len(chunk),) + shape, dtype=bool)
             for q, u in enumerate(chunk):
                 m[(q, 0) + u] = True  # image 0, every channel (trailing axis)
-            (inm,) = P.backward(self._tape, self._jaxpr, [m])
+            inm = P.backward(self._tape, self._jaxpr, [m])[0]
             if inm is None:
                 res.append(np.zeros((len(chunk),) + self.input_shape, dtype=bool))
             else:
@@ -261,6 +262,36 @@ def _select(out: Any, output: int | str | None) -> Any:
     return out[output]
 
 
+def _is_arraylike(leaf: Any) -> bool:
+    return hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+
+
+def _abstract_arguments(fn: Callable, output: int | str | None):
+    """Trace ``functools.partial(f, params, ...)`` with its array arguments as abstract jaxpr
+    inputs: no weights are embedded as constants (faster for big models), and parameters may
+    be given as ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape(model.init, ...)``)."""
+    if isinstance(fn, functools.partial):
+        leaves, tree = jax.tree_util.tree_flatten((fn.args, fn.keywords))
+        which = [i for i, leaf in enumerate(leaves) if _is_arraylike(leaf)]
+        if which:
+            specs = [jax.ShapeDtypeStruct(tuple(leaves[i].shape), leaves[i].dtype)
+                     for i in which]
+
+            def g(inp, *arrays):
+                full = list(leaves)
+                for i, a in zip(which, arrays, strict=True):
+                    full[i] = a
+                args, kwargs = jax.tree_util.tree_unflatten(tree, full)
+                return _select(fn.func(*args, inp, **kwargs), output)
+
+            return g, specs
+
+    def g1(inp):
+        return _select(fn(inp), output)
+
+    return g1, []
+
+
 def trf(fn: Callable[[Any], Any], x: Any, *, output: int | str | None = None) -> TRF:
     """The theoretical receptive field of ``fn`` at inputs shaped like ``x``.
 
@@ -297,10 +328,8 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: int | str | None = None) ->
     if any(d <= 0 for d in spec.shape):
         raise ValueError(f"x has shape {spec.shape}; every axis must be non-empty")
 
-    def g(inp):
-        return _select(fn(inp), output)
-
-    closed = jax.make_jaxpr(g)(spec)
+    g, extra = _abstract_arguments(fn, output)
+    closed = jax.make_jaxpr(g)(spec, *extra)
     jaxpr = closed.jaxpr
     if len(jaxpr.outvars) != 1:
         raise ValueError("fn must return a single array (or pass output=...)")
@@ -319,8 +348,10 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: int | str | None = None) ->
         slope.append(s)
     rows: list[P.Row] = []
     ctx = P._Ctx(k + 1, rows)
-    out_infos, _, _, tape = P.forward(jaxpr, closed.consts, [P.Info(lo, hi, slope)], [None],
-                                      [False], ctx)
+    n_extra = len(extra)
+    out_infos, _, _, tape = P.forward(jaxpr, closed.consts,
+                                      [P.Info(lo, hi, slope)] + [None] * n_extra,
+                                      [None] * (1 + n_extra), [False] * (1 + n_extra), ctx)
     out_aval = jaxpr.outvars[0].aval
     out_shape = tuple(getattr(out_aval, "shape", ()))
     info = out_infos[0]
@@ -392,7 +423,7 @@ def _masks_scalar(t: TRF) -> np.ndarray:
         m[0, 0] = True
     else:
         m[0] = True
-    (inm,) = P.backward(t._tape, t._jaxpr, [m])
+    inm = P.backward(t._tape, t._jaxpr, [m])[0]
     if inm is None:
         return np.zeros(t.input_shape, dtype=bool)
     return inm[0].any(axis=(0, inm.ndim - 2))
@@ -454,7 +485,11 @@ def _layer_rows(rows: list[P.Row], in_sp: tuple[int, ...]) -> list[LayerRF]:
         if key == prev:
             continue
         prev = key
-        out.append(LayerRF(name=r.name, source=r.source, primitive=r.primitive, shape=shape,
+        name = r.name
+        if "/" not in name:  # not inside a submodule (e.g. a pooling call): say where
+            src = r.source.rsplit("/", 1)[-1]
+            name = f"{name} @ {src}" if name else src
+        out.append(LayerRF(name=name, source=r.source, primitive=r.primitive, shape=shape,
                            size=tuple(size), stride=tuple(stride), padding=tuple(padding),
                            is_global=tuple(glob)))
     return out

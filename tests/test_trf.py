@@ -513,3 +513,14 @@ def test_paper_models_cifar_74_and_camvid():
     assert tc.size == (CAMVID_TRF, CAMVID_TRF) == (164, 164) and not tc.aligned
     assert {tc.region((u, u))[0][1] - tc.region((u, u))[0][0] + 1 for u in range(80, 96)} == {
         156, 164}
+
+
+def test_abstract_parameters_give_the_same_answer():
+    model, shape = Z.examples()["misaligned"]
+    real = _init(model, shape, positive=False)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+    t1 = rfjax.trf(functools.partial(model.apply, real), shape)
+    t2 = rfjax.trf(functools.partial(model.apply, abstract), shape)
+    assert (t1.size, t1.stride, t1.padding, t1.aligned) == (t2.size, t2.stride, t2.padding,
+                                                            t2.aligned)
+    assert (t1.masks() == t2.masks()).all()
