@@ -583,18 +583,22 @@ def plan_crop(entry: dict, res: Any, spec: Any, x_aval, out_shape, crop: str):
     spatial = tuple(x_aval.shape[1:-1])
     result = ("none", None)
     reason = None
+    # The jaxpr does not depend on the unit: traced once per function and shape (with the
+    # parameters as arguments, so the cached jaxpr holds none of their values).
+    shape_key = (spec.output, x_aval.shape[1:], str(x_aval.dtype), _dyn_sig(res.dyn))
     if crop in ("auto", "cone"):
         try:
-            closed = jax.make_jaxpr(
-                lambda d, x: select_output(res.rebuild(d)(x), spec.output))(res.dyn, one)
-            plan = cone_plan(closed, spec.unit)
+            if ("jaxpr",) + shape_key not in entry:
+                entry[("jaxpr",) + shape_key] = jax.make_jaxpr(
+                    lambda d, x: select_output(res.rebuild(d)(x), spec.output))(res.dyn, one)
+            plan = cone_plan(entry[("jaxpr",) + shape_key], spec.unit)
             if tuple(plan.window) != tuple((0, s) for s in spatial) or crop == "cone":
                 result = ("cone", plan)
         except Unsupported as e:
             reason = str(e)
     if result[0] == "none" and crop in ("auto", "cone", "input"):
-        try:
-            win = _trf_window(res, spec, one, spatial)
+        try:  # (not cached: a TRF holds the traced parameters as constants)
+            win = input_window(_trf(res, spec, one), spec.unit, spatial)
         except Exception as e:  # no TRF for this fn: nothing to crop by
             win, reason = None, f"{reason or ''} {type(e).__name__}: {e}".strip()
         if win is not None:
@@ -609,7 +613,7 @@ def plan_crop(entry: dict, res: Any, spec: Any, x_aval, out_shape, crop: str):
     return result
 
 
-def _trf_window(res, spec, one, spatial):
+def _trf(res, spec, one):
     try:
         from rfjax.trf import trf
     except ImportError as e:
@@ -621,6 +625,5 @@ def _trf_window(res, spec, one, spatial):
     def f(x):
         return select_output(res.rebuild(dyn)(x), spec.output)
 
-    t = trf(f, one)
-    return input_window(t, spec.unit, spatial)
+    return trf(f, one)
 

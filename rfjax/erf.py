@@ -36,8 +36,18 @@ options; jax's own jit cache adds shapes, so a second call with the same ``fn`` 
 never retraces. ``functools.partial(module.apply, params)``, Flax NNX modules and Equinox
 modules are unwrapped so that their arrays are jit *arguments*, not constants folded into the
 program. ``batch_size`` chunks large inputs (the last chunk is padded to the same shape and
-its padding masked out). With several devices the batch axis is sharded over all of them.
-Cropping (``crop=``) evaluates only what the unit depends on; see :mod:`rfjax.cone`.
+its padding masked out; on CPU the default is 16 images, which keeps several chunks in flight).
+With several devices the batch axis is sharded over all of them. Cropping (``crop=``)
+evaluates only what the unit depends on (see :mod:`rfjax.cone`): an input window or, faster,
+every layer on the unit's dependency cone. A crop is checked once per function and shape on
+the first image against the uncropped gradient (``allclose`` with ``rtol = 1e-4``, ``atol =
+1e-4 * max|g|`` in float32) and dropped with a warning when they differ. ``ERF.crop`` says
+what was used.
+
+Measured on the project's loaded 2-core CPU (10-layer, 64-channel 3x3 ReLU stack, He init, 64
+RGB images of 64x64, float32, steady state after compilation): ``crop="none"`` ~15-25
+images/s, ``"input"`` ~170-340, ``"cone"`` ~450-950; 16 layers at 224x224: ``"none"`` ~1,
+``"cone"`` ~80-130 images/s.
 """
 
 from __future__ import annotations
@@ -426,10 +436,14 @@ def _summarise(maps: jax.Array, g: jax.Array, mask: jax.Array, spec: _Spec):
 
 
 def _make_chunk_fn(rebuild, spec: _Spec, mode: str, plan: Any, spatial: tuple[int, ...]):
-    """The jitted ``(dyn, x, mask) -> (sum map, count, nonfinite, per-image maps)``."""
+    """The jitted ``(dyn, x, mask, unit) -> (sum map, count, nonfinite, per-image maps)``.
 
-    def run(dyn, x, mask):
-        g, window = _mode_grad(rebuild, dyn, x, spec, mode, plan)
+    Uncropped, ``unit`` is a traced int array, so every unit shares one compilation; a crop
+    bakes its unit into the plan and ignores the argument.
+    """
+
+    def run(dyn, x, mask, unit):
+        g, window = _mode_grad(rebuild, dyn, x, spec, mode, plan, unit)
         maps = _reduce_map(g, spec)
         if window is not None:
             maps = _place(maps, window, spatial)
@@ -438,10 +452,11 @@ def _make_chunk_fn(rebuild, spec: _Spec, mode: str, plan: Any, spatial: tuple[in
     return jax.jit(run)
 
 
-def _mode_grad(rebuild, dyn, x, spec: _Spec, mode: str, plan: Any):
+def _mode_grad(rebuild, dyn, x, spec: _Spec, mode: str, plan: Any, unit=None):
     """Gradient for one crop mode: ``(g on the evaluated window, window or None)``."""
     if mode == "none":
-        return _input_grad(rebuild(dyn), x, spec, spec.unit), None
+        unit = spec.unit if unit is None else tuple(unit[i] for i in range(len(spec.unit)))
+        return _input_grad(rebuild(dyn), x, spec, unit), None
     window = plan.window
     xw = x[(slice(None), *(slice(a, b) for a, b in window))]
     if mode == "input":
@@ -705,8 +720,10 @@ def erf(
     chunks = _chunks(itertools.chain([first], batches), batch_size, ndev)
 
     dyn = res.dyn
-    if sharding is not None:  # parameters replicated on every device of the mesh
-        dyn = jax.device_put(dyn, NamedSharding(sharding.mesh, PartitionSpec()))
+    unit_arg = np.asarray(spec.unit, np.int32)
+    if sharding is not None:  # parameters (and the unit) replicated on every device
+        dyn, unit_arg = jax.device_put((dyn, unit_arg), NamedSharding(sharding.mesh,
+                                                                      PartitionSpec()))
     acc = None
     count = bad = 0
     per_list: list = []
@@ -720,7 +737,7 @@ def erf(
                 mask = jax.device_put(np.arange(chunk.shape[0]) < n, sharding)
             else:
                 mask = np.arange(chunk.shape[0]) < n
-            s, c, b, per = state["fn"](dyn, chunk, mask)
+            s, c, b, per = state["fn"](dyn, chunk, mask, unit_arg)
             acc = s if acc is None else acc + s
             count = count + c
             bad = bad + b
@@ -738,7 +755,9 @@ _CPU_CHUNK = 16
 
 def _chunk_fn(entry, res, spec, mode, plan, chunk):
     """The compiled chunk function for this spec, crop and chunk shape (cached)."""
-    fkey = ("chunk", spec, mode, plan, chunk.shape, str(chunk.dtype))
+    # Uncropped, the unit is an argument: keyed by the number of unit axes, not their values.
+    skey = dataclasses.replace(spec, unit=len(spec.unit)) if mode == "none" else spec
+    fkey = ("chunk", skey, mode, plan, chunk.shape, str(chunk.dtype))
     if fkey not in entry:
         entry[fkey] = _make_chunk_fn(res.rebuild, spec, mode, plan, tuple(chunk.shape[1:-1]))
     return entry[fkey]

@@ -342,6 +342,12 @@ def test_no_retrace_on_second_call():
     n = len(calls)
     erf(f, x, crop="none")
     assert len(calls) == n
+    # Uncropped, the unit is a traced argument: another unit compiles nothing new.
+    other = erf(f, x, crop="none", unit=(2, 9))
+    assert len(calls) == n and other.unit == (2, 9)
+    manual = jax.vmap(jax.grad(lambda v: f(v[None])[0, 2, 9].sum()))(x)
+    np.testing.assert_allclose(np.asarray(other.map), np.abs(np.asarray(manual)).sum(-1).mean(0),
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_the_compile_cache_does_not_keep_a_model_alive():
