@@ -175,7 +175,8 @@ class _IR:
                 sub_jaxpr, sub_consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (
                     sub, ())
                 ids = [self._as_id(i) for i in ins]
-                outs = self.flatten(sub_jaxpr, sub_consts, ids[-len(sub_jaxpr.invars):])
+                outs = self.flatten(sub_jaxpr, sub_consts,
+                                    ids[len(ids) - len(sub_jaxpr.invars):])
                 for v, o in zip(eqn.outvars, outs, strict=True):
                     env[v] = self._as_id(o)
                 continue
@@ -368,7 +369,8 @@ class _Cone:
     labels: dict
     need: dict  # var id -> clipped window
     req: dict  # (node index, operand position) -> unclipped window
-    live: list  # node indices that are evaluated (input-dependent and needed)
+    live: list  # node indices evaluated on windows (input-dependent and needed)
+    used: set  # node indices the output needs at all (the others are never evaluated)
 
 
 def _analyse(closed, unit: tuple[int, ...]) -> _Cone:
@@ -380,10 +382,16 @@ def _analyse(closed, unit: tuple[int, ...]) -> _Cone:
         raise Unsupported("fn must return one array")
     x_id, out_id = in_ids[-1], outs[0]
     n = len(ir.shapes[x_id]) - 2
+    # Nodes the output needs at all (dead code, e.g. unused intermediates, is ignored).
+    used, reach = set(), {out_id}
+    for idx in range(len(ir.nodes) - 1, -1, -1):
+        if any(o in reach for o in ir.nodes[idx].outs):
+            used.add(idx)
+            reach.update(i for i in ir.nodes[idx].ins if not isinstance(i, tuple))
     labels = {x_id: tuple(range(1, n + 1))}
     dep = {x_id: True}
-    for node in ir.nodes:
-        if any(not isinstance(i, tuple) and dep.get(i) for i in node.ins):
+    for idx, node in enumerate(ir.nodes):
+        if idx in used and any(not isinstance(i, tuple) and dep.get(i) for i in node.ins):
             labels[node.outs[0]] = _forward_labels(ir, node, dep, labels)
             for o in node.outs:
                 dep[o] = True
@@ -413,7 +421,7 @@ def _analyse(closed, unit: tuple[int, ...]) -> _Cone:
     if x_id not in need:
         raise Unsupported("the unit does not depend on the input")
     live.reverse()
-    return _Cone(ir, len(in_ids) - 1, x_id, out_id, labels, need, req, live)
+    return _Cone(ir, len(in_ids) - 1, x_id, out_id, labels, need, req, live, used)
 
 
 def _slice_to(val, have, want, lab):
@@ -449,10 +457,10 @@ def _evaluate(cone: _Cone, dyn_leaves: list, x_window) -> jax.Array:
         return i[1] if isinstance(i, tuple) else env[i]
 
     for idx, node in enumerate(ir.nodes):
+        if idx not in cone.used:
+            continue
         out = node.outs[0]
         if out not in cone.labels:  # input-independent: computed in full (params, constants)
-            if all(o in env for o in node.outs):
-                continue
             if node.prim == "relu":
                 vals = [jax.nn.relu(read(node.ins[0]))]
             else:

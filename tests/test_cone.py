@@ -180,6 +180,20 @@ def test_global_ops_fall_back_and_global_axes_are_not_cropped():
     assert window[1] == (0, 24) and window[0][1] < 24
 
 
+def test_unused_global_outputs_do_not_prevent_the_cone():
+    ps = kernels(12, SHAPES)
+    x = jax.random.normal(jax.random.key(13), (2, 20, 20, 3))
+
+    def two_outputs(v):  # (a global summary, the feature map); only the map is analysed
+        h = jax.nn.relu(conv(v, ps[0]))
+        return h.mean(axis=(1, 2)), {"feat": conv(h, ps[1])}
+
+    full = erf(two_outputs, x, output="1/feat", crop="none")
+    r = erf(two_outputs, x, output="1/feat", crop="auto")
+    assert r.crop == "cone"
+    np.testing.assert_allclose(np.asarray(r.map), np.asarray(full.map), rtol=1e-5, atol=1e-8)
+
+
 def test_cone_plan_raises_unsupported_for_global_reductions():
     def fn(v):
         return v - v.mean(axis=1, keepdims=True)
