@@ -205,17 +205,25 @@ def test_training_trains_then_reads_its_checkpoints(tmp_path, synthetic_data):
     assert 0 <= m["cifar_test_accuracy"] <= 1 and 0 <= m["camvid_test_miou"] <= 1
     assert entry["holds"] == E.holds_training(m)
     plot.save(plot.paper_figure(result), tmp_path / "training.png")
-    # the same workdirs as --checkpoints: no training, the same trained models and numbers
-    again = E.run_experiment("training", E.make_config(
-        "training", "tiny", data_dir=str(synthetic_data), checkpoints=str(work)))
-    m2 = again["measured"]
-    assert m2["from_checkpoints"] is True
-    for k in ("erf_cifar_before", "erf_cifar_after", "erf_camvid_before", "erf_camvid_after"):
-        assert m2[k] == pytest.approx(m[k], rel=1e-5)
+    # the same workdirs as --checkpoints: no training, the trained parameters (their
+    # fingerprint in final.json) and, as "before", the run's own initialisation
+    from rfjax import train as rtrain
+    from rfjax.experiments import training as T
+
+    cfg2 = E.make_config("training", "tiny", data_dir=str(synthetic_data), checkpoints=str(work))
+    models = T._models(cfg2, 0, work, common.NoProgress())
+    for task in ("cifar10", "camvid"):
+        _, before, after, tcfg, scores, _ = models[task]
+        final = json.loads((work / task / "final.json").read_text())
+        assert rtrain.params_sha256(after["params"]) == final["params_sha256"]
+        assert rtrain.params_sha256(before["params"]) == rtrain.params_sha256(
+            rtrain.init_state(tcfg)["params"]) != final["params_sha256"]
+        assert scores == final["test"]
     good = _broken(m, erf_cifar_before=10.0, erf_cifar_after=20.0, erf_camvid_before=5.0,
                    erf_camvid_after=9.0)
     assert E.holds_training(good)
     assert not E.holds_training(_broken(good, erf_camvid_after=4.0))
+    assert not E.holds_training(_broken(good, erf_cifar_after=10.5))  # < 10%: not significant
     assert m["cifar_flat_map_size"] == pytest.approx(4 * np.sqrt((32**2 - 1) / 12), rel=1e-5)
     assert not E.holds_training(_broken(good, erf_cifar_after=37.0))
     assert not E.holds_training(_broken(good, trf_cifar=[32, 32]))

@@ -31,7 +31,11 @@ from rfjax.erf import erf
 from rfjax.experiments.common import NoProgress, Progress, make_result, size_of
 from rfjax.trf import trf
 
-__all__ = ["TrainingConfig", "run_training", "holds_training"]
+__all__ = ["TrainingConfig", "run_training", "holds_training", "GROWTH"]
+
+#: "Grows significantly": the trained ERF size must exceed this multiple of the initial one
+#: (a 10% margin, well above the scatter of the 4-sigma reading between image samples).
+GROWTH = 1.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,13 +93,14 @@ class TrainingConfig:
 
 
 def holds_training(m: Mapping[str, Any]) -> bool:
-    """The ERF grows with training on both tasks, CIFAR's TRF is 74x74 (> 32x32), and the
+    """The ERF grows significantly with training on both tasks (by more than
+    :data:`GROWTH` times its size at initialisation), CIFAR's TRF is 74x74 (> 32x32), and the
     trained CIFAR ERF does not cover the image (its 4-sigma size is below that of a map
     spread evenly over the whole image)."""
     return (list(m["trf_cifar"]) == [74, 74]
             and m["trf_cifar"][0] > m["cifar_image_size"]
-            and m["erf_cifar_after"] > m["erf_cifar_before"]
-            and m["erf_camvid_after"] > m["erf_camvid_before"]
+            and m["erf_cifar_after"] > GROWTH * m["erf_cifar_before"]
+            and m["erf_camvid_after"] > GROWTH * m["erf_camvid_before"]
             and m["erf_cifar_after"] < m["cifar_flat_map_size"])
 
 
@@ -233,7 +238,8 @@ def run_training(config: TrainingConfig = TrainingConfig(), seed: int = 0,
     criterion = ("ERF = mean |dy/dx| over test images; size = Gaussian 4-sigma reading of "
                  "rfjax.metrics.erf_size (mean over the two axes). Holds when rfjax.trf gives "
                  "[74, 74] for the CIFAR unit (larger than the 32x32 image), the ERF size after "
-                 "training exceeds the size at initialisation for both tasks, and the trained "
+                 f"training exceeds {GROWTH}x the size at initialisation for both tasks, and "
+                 "the trained "
                  "CIFAR ERF size is below that of a map spread evenly over the whole image "
                  "(cifar_flat_map_size, 36.9 for 32x32).")
     paper = {"trf_cifar": [74, 74], "erf_grows_with_training": True,
