@@ -437,15 +437,15 @@ def fig_training(result) -> Figure:
     d, m = result["data"], result["measured"]
     fig, axes = plt.subplots(2, 3, figsize=(14, 9.5), layout="constrained")
     norm = mcolors.PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
-    im = None
+    im = im_c = None
     # CIFAR: draw the whole 74x74 TRF around the 32x32 image
     img = np.asarray(d["cifar_image"])
     axes[0, 0].imshow(img, origin="upper")
-    axes[0, 0].set_title("CIFAR-10 test image (32x32)", fontsize=9)
+    axes[0, 0].set_title(f"CIFAR-10 test image 0 of {m['erf_images']} (32x32)", fontsize=9)
     (r0, r1), (c0, c1) = d["cifar_region"]
     for j, tag in enumerate(("before", "after"), start=1):
         ax = axes[0, j]
-        im = _map_panel(ax, _unit_max(d[f"cifar_{tag}"]), norm=norm)
+        im_c = _map_panel(ax, _unit_max(d[f"cifar_{tag}"]))  # linear: the maps are broad
         outline_region(ax, d["cifar_region"], color="red", lw=1.2, label="TRF 74x74")
         ax.set_xlim(min(c0, 0) - 1.5, max(c1, 31) + 1.5)
         ax.set_ylim(max(r1, 31) + 1.5, min(r0, 0) - 1.5)
@@ -458,20 +458,21 @@ def fig_training(result) -> Figure:
     axes[1, 0].imshow(img, origin="upper")
     cu = d["camvid_unit"]
     axes[1, 0].plot([cu[1]], [cu[0]], "r+", ms=12)
-    axes[1, 0].set_title(f"CamVid test crop {img.shape[0]}x{img.shape[1]} (unit +)",
-                         fontsize=9)
+    axes[1, 0].set_title(f"CamVid test image 0, centre crop {img.shape[0]}x{img.shape[1]}"
+                         " (unit +)", fontsize=9)
     for j, tag in enumerate(("before", "after"), start=1):
         ax = axes[1, j]
         mm = _unit_max(d[f"camvid_{tag}"])
-        _map_panel(ax, mm, norm=norm)
+        im = _map_panel(ax, mm, norm=norm)  # square root: the maps are peaked
         extra = f", test mIoU {m['camvid_test_miou']:.3f}" if tag == "after" else ""
         ax.set_title(f"CamVid {tag} training{extra}\nERF size "
                      f"{m[f'erf_camvid_{tag}']:.1f} px", fontsize=9)
     for ax in axes.ravel():
         ax.set_xlabel("column")
         ax.set_ylabel("row")
-    fig.colorbar(im, ax=list(axes[:, 1:].ravel()), label="|dy/dx| / max (square-root scale)",
-                 shrink=0.7)
+    fig.colorbar(im_c, ax=list(axes[0, 1:]), label="|dy/dx| / max (linear scale)", shrink=0.9)
+    fig.colorbar(im, ax=list(axes[1, 1:]), label="|dy/dx| / max (square-root scale)",
+                 shrink=0.9)
     src = "checkpoints" if m["from_checkpoints"] else "trained here"
     fig.suptitle(f"ERF before and after training (CIFAR-10: {m['cifar_steps']} steps, "
                  f"CamVid: {m['camvid_steps']} steps, {src}; mean over {m['erf_images']} test "
