@@ -9,7 +9,7 @@ without TensorFlow), ``rfjax.train`` (optax training with orbax checkpoints),
 
 from rfjax import metrics, theory
 from rfjax.calculator import CalculatorResult, LayerSpec, receptive_field
-from rfjax.erf import ERF, erf, erf_intermediate, erf_merge, erf_weight_draws
+from rfjax.erf import ERF, InputTypeError, erf, erf_intermediate, erf_merge, erf_weight_draws
 from rfjax.trf import (
     TRF,
     BatchCouplingWarning,
@@ -28,6 +28,7 @@ __all__ = [
     "BatchCouplingWarning",
     "CalculatorResult",
     "DynamicDependencyError",
+    "InputTypeError",
     "LayerRF",
     "LayerSpec",
     "TRFError",
