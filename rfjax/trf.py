@@ -99,7 +99,10 @@ class TRF:
         padding: how far unit 0's field starts before input index 0 (``-start`` of unit 0).
         aligned: True when every unit ``u`` sees exactly ``u*stride - padding`` to
             ``u*stride - padding + size - 1`` (the closed form holds for every unit). When
-            False, use :meth:`region` and :meth:`mask`, which are exact per unit.
+            False (U-Nets, transposed convolutions, token axes mixing rows and columns),
+            ``size`` is the largest per-unit extent, ``stride`` the least-squares jump and
+            ``padding`` minus unit 0's start: summaries; use :meth:`region` and :meth:`mask`,
+            which are exact per unit.
         is_global: per axis, True when every unit depends on the whole axis and the field does
             not move with the unit (attention, global pooling, dense layers over space).
         batch_coupled: True when an output unit depends on other images of the batch
