@@ -1141,6 +1141,73 @@ def _data_movement_rule(eqn, infos, env, ctx, prefix):
     return outs, bwd
 
 
+def _scatter_rule(eqn, infos, env, ctx, prefix):
+    """scatter / scatter-add / -mul / -min / -max / -sub with indices fixed by the program.
+
+    Each output element depends on the update written to it and, unless a plain ``scatter``
+    overwrote it, on the operand element at the same place. Duplicate indices (several updates
+    landing on one element) are refused rather than approximated."""
+    from jax import lax
+
+    name = eqn.primitive.name
+    op_v, idx_v, upd_v = eqn.invars[:3]
+    op_i, idx_i, upd_i = infos[:3]
+    if idx_i is not None or env.read_val(idx_v) is None:
+        raise DynamicDependencyError(
+            f"'{name}' at {source_line(eqn)} scatters to indices that depend on runtime values; "
+            "its receptive field is not static.")
+    idx = np.asarray(env.read_val(idx_v))
+    shape = tuple(op_v.aval.shape)
+    ushape = tuple(upd_v.aval.shape)
+    m = int(np.prod(ushape, dtype=np.int64))
+    kw = dict(dimension_numbers=eqn.params["dimension_numbers"],
+              indices_are_sorted=eqn.params["indices_are_sorted"],
+              unique_indices=eqn.params["unique_indices"], mode=eqn.params["mode"])
+    src = np.asarray(lax.scatter(np.full(shape, -1, np.int32), idx,
+                                 np.arange(m, dtype=np.int32).reshape(ushape), **kw))
+    count = np.asarray(lax.scatter_add(np.zeros(shape, np.int32), idx,
+                                       np.ones(ushape, np.int32), **kw))
+    if count.max(initial=0) > 1:
+        raise UnsupportedPrimitiveError(
+            f"'{name}' at {source_line(eqn)} writes several updates to one element (duplicate "
+            "indices); rfjax.trf does not support that case.")
+    written = src >= 0
+    keeps_operand = name != "scatter"
+    lo, hi, slope = [], [], []
+    for a in range(ctx.naxes):
+        L = np.full(shape, INF)
+        H = np.full(shape, -INF)
+        if op_i is not None:
+            opL, opH = _materialize(op_i.lo[a], shape), _materialize(op_i.hi[a], shape)
+            keep = ~written | keeps_operand
+            L = np.where(keep, opL, L)
+            H = np.where(keep, opH, H)
+        if upd_i is not None:
+            uL = _materialize(upd_i.lo[a], ushape).ravel()
+            uH = _materialize(upd_i.hi[a], ushape).ravel()
+            j = np.where(written, src, 0)
+            L = np.where(written, np.minimum(L, uL[j]), L)
+            H = np.where(written, np.maximum(H, uH[j]), H)
+        lo.append(L)
+        hi.append(H)
+        slope.append(estimate_slopes(L, shape))
+
+    def bwd(oms):
+        mo = oms[0]
+        res = [None] * len(eqn.invars)
+        if op_i is not None:
+            res[0] = mo if keeps_operand else mo & ~written[None]
+        if upd_i is not None:
+            Q = mo.shape[0]
+            flat = np.zeros((Q, m), dtype=bool)
+            pos = np.nonzero(written.ravel())[0]
+            flat[:, src.ravel()[pos]] = mo.reshape(Q, -1)[:, pos]
+            res[2] = flat.reshape((Q,) + ushape)
+        return res
+
+    return [Info(lo, hi, slope)], bwd
+
+
 def _select_n_rule(eqn, infos, env, ctx, prefix):
     pred = eqn.invars[0]
     pval = env.read_val(pred) if infos[0] is None else None
@@ -1438,6 +1505,17 @@ _RULES: dict[str, Callable] = {
     "top_k": _top_k_rule,
     "dot_general": _dot_general_rule,
     "select_n": _select_n_rule,
+    "scatter": _scatter_rule,
+    "scatter-add": _scatter_rule,
+    "scatter_add": _scatter_rule,
+    "scatter-mul": _scatter_rule,
+    "scatter_mul": _scatter_rule,
+    "scatter-min": _scatter_rule,
+    "scatter_min": _scatter_rule,
+    "scatter-max": _scatter_rule,
+    "scatter_max": _scatter_rule,
+    "scatter-sub": _scatter_rule,
+    "scatter_sub": _scatter_rule,
     "optimization_barrier": _identity_multi_rule,
     "device_put": _identity_multi_rule,
     "pjit": _call_rule,

@@ -524,3 +524,23 @@ def test_abstract_parameters_give_the_same_answer():
     assert (t1.size, t1.stride, t1.padding, t1.aligned) == (t2.size, t2.stride, t2.padding,
                                                             t2.aligned)
     assert (t1.masks() == t2.masks()).all()
+
+
+def test_static_scatter_set_and_add_match_gradient_support():
+    def f(x):
+        y = x.at[:, 0].add(x[:, 5] * 2.0)  # row 0 = row 0 + row 5
+        y = y.at[:, 1].set(y[:, 2] + y[:, 3])  # row 1 overwritten by rows 2, 3
+        return conv(y, k=(1, 3))
+
+    t = rfjax.trf(f, (1, 8, 8, 1))
+    with jax.enable_x64(True):
+        x = jnp.ones((1, 8, 8, 1), jnp.float64)
+        for u in [(0, 4), (1, 0), (2, 7), (5, 3)]:
+            g = jax.grad(lambda z, u=u: f(z)[(0,) + u].sum())(x)
+            assert (np.asarray(g[0, ..., 0] != 0) == t.mask(u)).all()
+    dup = lambda x: x.at[:, jnp.array([1, 1])].add(x[:, :2])  # noqa: E731
+    with pytest.raises(rfjax.UnsupportedPrimitiveError, match="duplicate"):
+        rfjax.trf(dup, (1, 8, 8, 1))
+    dyn = lambda x: x.at[:, jnp.argmax(x[0, :, 0, 0])].set(0.0)  # noqa: E731
+    with pytest.raises(rfjax.DynamicDependencyError, match="scatter"):
+        rfjax.trf(dyn, (1, 8, 8, 1))
