@@ -8,14 +8,13 @@ false. The training experiment trains a few steps on synthetic CIFAR-10 / CamVid
 import copy
 import dataclasses
 import json
-import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from synthetic import make_camvid, make_cifar
 
 from rfjax import data as rdata
 from rfjax import experiments as E
@@ -154,41 +153,11 @@ def test_subsampling_dilation(tmp_path):
 # ------------------------------------------------------------------------- training
 
 
-def _write_cifar(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    folder = root / "cifar10" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for fname, n in (("data_batch_1", 16), ("test_batch", 4)):
-        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        batch = {b"batch_label": fname.encode(), b"labels": rng.integers(0, 10, n).tolist(),
-                 b"data": images.transpose(0, 3, 1, 2).reshape(n, -1),
-                 b"filenames": [f"{fname}_{i}.png".encode() for i in range(n)]}
-        with open(folder / fname, "wb") as f:
-            pickle.dump(batch, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in rdata.CIFAR10_CLASSES]}, f)
-
-
-def _write_camvid(root: Path, hw=(16, 24)) -> None:
-    rng = np.random.default_rng(1)
-    folder = root / "camvid"
-    for split, n in (("train", 4), ("val", 2), ("test", 2)):
-        lines = []
-        for i in range(n):
-            name = f"{split}_{i}.png"
-            for sub, arr in ((split, rng.integers(0, 256, (*hw, 3), dtype=np.uint8)),
-                             (f"{split}annot", rng.integers(0, 12, hw, dtype=np.uint8))):
-                (folder / sub).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(arr).save(folder / sub / name, format="PNG")
-            lines.append(f"{split}/{name} {split}annot/{name}")
-        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
-
-
 @pytest.fixture
 def synthetic_data(tmp_path, monkeypatch):
     src = tmp_path / "src"
-    _write_cifar(src)
-    _write_camvid(src)
+    make_cifar(src, sizes=(("data_batch_1", 16), ("test_batch", 4)))
+    make_camvid(src, seed=1, hw=(16, 24), sizes=(("train", 4), ("val", 2), ("test", 2)))
     monkeypatch.setenv(rdata.ENV_PREPARED_DIR, str(tmp_path / "prepared"))
     return src
 

@@ -5,7 +5,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from synthetic import write_cifar
 
 from rfjax import data as rdata
 from rfjax import train as rtrain
@@ -270,22 +270,16 @@ def test_load_trained_errors(tmp_path):
 
 
 def _write_cifar(root: Path, n_train=(24, 16), n_test=20, seed=0):
-    """Tiny CIFAR-10 python-batch layout under root/cifar10/cifar-10-batches-py."""
+    """Tiny learnable CIFAR-10 layout: the red channel encodes the label."""
     rng = np.random.default_rng(seed)
-    folder = root / "cifar10" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
     files = [(f"data_batch_{i + 1}", n) for i, n in enumerate(n_train)] + [("test_batch", n_test)]
+    batches = {}
     for fname, n in files:
         labels = rng.integers(0, 10, n)
         images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
         images[..., 0] = (labels * 25)[:, None, None]  # learnable: red channel encodes label
-        batch = {b"batch_label": fname.encode(), b"labels": labels.tolist(),
-                 b"data": images.transpose(0, 3, 1, 2).reshape(n, -1),
-                 b"filenames": [f"{fname}_{i}.png".encode() for i in range(n)]}
-        with open(folder / fname, "wb") as f:
-            pickle.dump(batch, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in rdata.CIFAR10_CLASSES]}, f)
+        batches[fname] = (images, labels.tolist())
+    write_cifar(root, batches)
 
 
 def _cmd(src, prepared, workdir, *extra):
