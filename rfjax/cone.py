@@ -475,6 +475,16 @@ def _evaluate(cone: _Cone, dyn_leaves: list, x_window) -> jax.Array:
     return env[cone.out_id]
 
 
+def _edge_padding(cone: _Cone, ir: _IR, idx: int, node: _Node):
+    """Per labelled axis ``d`` of the first input: how far the window it must supply reaches
+    past the variable's edges, ``(d, before, after)`` (zero padding to add on the window)."""
+    i = node.ins[0]
+    lab = cone.labels[i]
+    req = cone.req[(idx, 0)]
+    return [(d, a - r0, r1 - b) for (r0, r1), (a, b), d in
+            zip(req, _clip(req, lab, ir.shapes[i]), lab, strict=True)]
+
+
 def _eval_node(cone: _Cone, idx: int, node: _Node, read):
     ir = cone.ir
     name = _name(node)
@@ -511,22 +521,14 @@ def _eval_node(cone: _Cone, idx: int, node: _Node, read):
             pad[j] = (a * ld - q0, q1 - (b - 1) * ld)
         p["padding"] = tuple(pad)
     elif name.startswith("reduce_window"):
-        i = node.ins[0]
-        lab = cone.labels[i]
         pad = list(p["padding"])
-        for (r0, r1), (a, b), d in zip(cone.req[(idx, 0)],
-                                       _clip(cone.req[(idx, 0)], lab, ir.shapes[i]), lab,
-                                       strict=True):
-            pad[d] = (a - r0, r1 - b)
+        for d, lo, hi in _edge_padding(cone, ir, idx, node):
+            pad[d] = (lo, hi)
         p["padding"] = tuple(pad)
     elif name == "pad":
-        i = node.ins[0]
-        lab = cone.labels[i]
         cfg = list(p["padding_config"])
-        for (r0, r1), (a, b), d in zip(cone.req[(idx, 0)],
-                                       _clip(cone.req[(idx, 0)], lab, ir.shapes[i]), lab,
-                                       strict=True):
-            cfg[d] = (a - r0, r1 - b, 0)
+        for d, lo, hi in _edge_padding(cone, ir, idx, node):
+            cfg[d] = (lo, hi, 0)
         p["padding_config"] = tuple(cfg)
     elif name == "slice":
         lab = cone.labels[node.ins[0]]
