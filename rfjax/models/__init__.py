@@ -1,9 +1,8 @@
-"""Flax linen models: the reference architectures (``zoo``) and the data models.
+"""Flax linen models: the reference architectures (``zoo``) and the paper's data models
+(``cifar.CifarNet``, TRF 74x74 on CIFAR-10; ``camvid.CamVidNet``, a U-Net for CamVid)."""
 
-Data models (``cifar``, ``camvid``) are imported from their own modules
-(``rfjax.models.cifar`` ...); add them to this list once they are committed.
-"""
-
+from rfjax.models.camvid import CamVidNet
+from rfjax.models.cifar import CifarNet
 from rfjax.models.zoo import (
     VGG16,
     AlexNet,
@@ -34,6 +33,8 @@ __all__ = [
     "AlexNet",
     "BasicBlock",
     "Bottleneck",
+    "CamVidNet",
+    "CifarNet",
     "Conv1DNet",
     "Conv3DNet",
     "ConvStack",
