@@ -188,7 +188,8 @@ class TRF:
             chunk = units[start:start + _MASK_CHUNK]
             m = np.zeros((len(chunk),) + shape, dtype=bool)
             for q, u in enumerate(chunk):
-                m[(q, 0) + u] = True  # image 0, every channel (trailing axis)
+                # image 0, every channel (trailing axis); a scalar output is its own unit
+                m[(q, 0) + u if shape else (q,)] = True
             inm = P.backward(self._tape, self._jaxpr, [m])[0]
             if inm is None:
                 res.append(np.zeros((len(chunk),) + self.input_shape, dtype=bool))
@@ -403,7 +404,7 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: int | str | None = None) ->
             probe = list(itertools.product(*[sorted({0, n // 2, n - 1}) for n in sp_out]))
             ms = trf_obj._masks(probe)
         else:
-            ms = _masks_scalar(trf_obj)[None]
+            ms = trf_obj._masks([()])
         for a in range(k):
             if per_axis[a][3]:
                 other = tuple(1 + b for b in range(k) if b != a)
@@ -416,20 +417,6 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: int | str | None = None) ->
         padding=tuple(r[2] for r in per_axis), is_global=tuple(r[3] for r in per_axis),
         aligned=all(r[4] for r in per_axis), layers=tuple(_layer_rows(rows, in_sp)))
     return trf_obj
-
-
-def _masks_scalar(t: TRF) -> np.ndarray:
-    """Mask of the whole output of image 0 (for outputs without spatial axes)."""
-    shape = t._out_shape_full
-    m = np.zeros((1,) + shape, dtype=bool)
-    if len(shape) >= 1:
-        m[0, 0] = True
-    else:
-        m[0] = True
-    inm = P.backward(t._tape, t._jaxpr, [m])[0]
-    if inm is None:
-        return np.zeros(t.input_shape, dtype=bool)
-    return inm[0].any(axis=(0, inm.ndim - 2))
 
 
 def _closed_form(L: np.ndarray, H: np.ndarray, slopes: np.ndarray, n: int,
