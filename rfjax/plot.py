@@ -480,6 +480,54 @@ def fig_training(result) -> Figure:
     return fig
 
 
+def fig_erf_along_training(data) -> Figure:
+    """ERF of one training run at initialisation, at the last checkpoint, and its size per step.
+
+    ``data``: the dict of :func:`rfjax.experiments.erf_along_training`. The two maps share one
+    colour scale (each divided by its maximum, square-root scale).
+    """
+    import matplotlib.colors as mcolors
+
+    np = _np()
+    steps, maps = list(data["steps"]), np.asarray(data["maps"])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), layout="constrained",
+                             gridspec_kw={"width_ratios": [1, 1, 1.4]})
+    norm = mcolors.PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
+    im = None
+    for ax, i in zip(axes[:2], (0, len(steps) - 1), strict=True):
+        im = _map_panel(ax, _unit_max(maps[i]), norm=norm)
+        if data["task"] == "camvid":  # CIFAR's unit is on the 4x4 (or 32x32) feature grid
+            ax.plot([data["unit"][1]], [data["unit"][0]], "r+", ms=10)
+        ax.set_title(f"step {steps[i]}: ERF size {data['size'][i]:.1f} px", fontsize=10)
+        ax.set_xlabel("column")
+        ax.set_ylabel("row")
+    fig.colorbar(im, ax=list(axes[:2]), label="|dy/dx| / max (square-root scale)", shrink=0.9)
+    ax = axes[2]
+    hw, thr = np.asarray(data["size_hw"]), np.asarray(data["threshold_hw"])
+    ax.plot(steps, data["size"], "o-", color="C0", label="4-sigma size (mean of axes)")
+    ax.plot(steps, hw[:, 0], ":", color="C0", alpha=0.6, label="4-sigma, rows")
+    ax.plot(steps, hw[:, 1], "--", color="C0", alpha=0.6, label="4-sigma, columns")
+    ax.plot(steps, thr.mean(axis=1), "s-", color="C1", ms=4,
+            label="threshold extent (4.55% of peak)")
+    h, w = data["input_hw"]
+    ax.axhline(min(h, w), color="k", lw=0.8, ls="--", label=f"input side ({min(h, w)} px)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("ERF extent (pixels)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    final = data.get("final") or {}
+    score = final.get("test", {})
+    tail = (f", test accuracy {score['accuracy']:.3f}" if "accuracy" in score else
+            f", test mIoU {score['miou']:.3f}" if "miou" in score else "")
+    unit = ("centre unit of the last feature map" if data["task"] == "cifar10"
+            else "centre pixel of the logits")
+    fig.suptitle(f"ERF during training: {data['task']} {data['arch']} (width {data['width']}, "
+                 f"TRF {data['trf'][0]}x{data['trf'][1]}), {unit}, input "
+                 f"{h}x{w}{tail}", fontsize=11)
+    return fig
+
+
 #: Experiment name -> figure function.
 FIGURES = {
     "trf_example": fig_trf_example,

@@ -44,9 +44,11 @@ from jaxtyping import Array, ArrayLike
 
 from rfjax import data as rdata
 from rfjax.models.camvid import CamVidNet, pad_to_multiple
-from rfjax.models.cifar import CifarNet
+from rfjax.models.cifar import CifarNet, CifarResNet
 
 TASKS = ("cifar10", "camvid")
+#: Architectures per task; the first is the default.
+ARCHS = {"cifar10": ("vgg", "resnet"), "camvid": ("unet",)}
 CHECKPOINT_SUBDIR = "checkpoints"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
 #: Fields of TrainConfig that do not change the trained parameters (may differ on resume).
@@ -80,6 +82,10 @@ class TrainConfig:
       warmup: fraction of the steps spent increasing the learning rate.
       max_to_keep: checkpoints kept on disk.
       eval_batch_size: batch size of the evaluation.
+      arch: the model, one of ``ARCHS[task]``; ``None`` (default) picks the task's first.
+        CIFAR-10: ``"vgg"`` (``CifarNet``) or ``"resnet"`` (``CifarResNet``, the paper's
+        description: 17 residual blocks, no downsampling; ``width`` is then every layer's
+        width). CamVid: ``"unet"`` (``CamVidNet``).
     """
 
     task: str
@@ -99,10 +105,16 @@ class TrainConfig:
     warmup: float = 0.25
     max_to_keep: int = 2
     eval_batch_size: int = 100
+    arch: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.arch is None:
+            object.__setattr__(self, "arch", ARCHS[self.task][0])
+        if self.arch not in ARCHS[self.task]:
+            raise ValueError(f"arch for {self.task} must be one of {ARCHS[self.task]}, got "
+                             f"{self.arch!r}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "width",
                      "max_to_keep", "eval_batch_size"):
             value = getattr(self, name)
@@ -147,8 +159,10 @@ class TrainConfig:
 # --------------------------------------------------------------------------- models, optimiser
 
 
-def make_model(config: TrainConfig) -> CifarNet | CamVidNet:
-    """The Flax module of ``config.task`` at ``config.width``."""
+def make_model(config: TrainConfig) -> CifarNet | CifarResNet | CamVidNet:
+    """The Flax module of ``config.task`` / ``config.arch`` at ``config.width``."""
+    if config.arch == "resnet":
+        return CifarResNet(width=config.width, num_classes=rdata.NUM_CLASSES["cifar10"])
     if config.task == "cifar10":
         return CifarNet(width=config.width, num_classes=rdata.NUM_CLASSES["cifar10"])
     return CamVidNet(width=config.width, num_classes=rdata.NUM_CLASSES["camvid"])
@@ -413,8 +427,8 @@ def _confusion_camvid(model, variables, images, labels):
     return confusion_matrix(pred, labels, rdata.NUM_CLASSES["camvid"], ignore=rdata.CAMVID_VOID)
 
 
-def evaluate(model: CifarNet | CamVidNet, variables: dict, split: rdata.Split,
-             batch_size: int = 100, downscale: int = 1) -> dict[str, Any]:
+def evaluate(model: CifarNet | CifarResNet | CamVidNet, variables: dict,
+             split: rdata.Split, batch_size: int = 100, downscale: int = 1) -> dict[str, Any]:
     """Evaluate in inference mode on a whole split.
 
     CIFAR-10: ``{"accuracy", "num_examples"}``. CamVid: :func:`segmentation_scores` of the
@@ -664,9 +678,22 @@ def _summary(task: str, scores: dict) -> str:
 # --------------------------------------------------------------------------- trained models
 
 
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+    """Steps of the complete checkpoints of a training run, ascending (``[]`` if none).
+
+    ``--max-to-keep`` (``TrainConfig.max_to_keep``) decides how many a run keeps; keep more
+    to follow a quantity along training (``rfjax.experiments.erf_along_training``).
+    """
+    ckpt_dir = _absolute_workdir(workdir) / CHECKPOINT_SUBDIR
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in ckpt_dir.iterdir()
+                  if p.name.isdigit() and _TMP_MARKER not in p.name)
+
+
 def load_trained(
     workdir: str | os.PathLike, step: int | None = None
-) -> tuple[CifarNet | CamVidNet, dict, TrainConfig]:
+) -> tuple[CifarNet | CifarResNet | CamVidNet, dict, TrainConfig]:
     """The model of a training run and its variables, for inference.
 
     Args:

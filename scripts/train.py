@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rfjax.train import TASKS, TrainConfig  # noqa: E402
+from rfjax.train import ARCHS, TASKS, TrainConfig  # noqa: E402
 
 _DEFAULTS = {
     "cifar10": {"batch_size": 128, "lr": 0.1, "width": 32, "weight_decay": 5e-4},
@@ -93,6 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class-weights", choices=("none", "median"), default="none",
                    help="camvid: loss class weighting: none (default) or median frequency "
                    "balancing")
+    p.add_argument("--arch", default=None,
+                   choices=sorted({a for archs in ARCHS.values() for a in archs}),
+                   help="cifar10: vgg (CifarNet, default) or resnet (CifarResNet: the paper's "
+                   "17 residual blocks without downsampling; --width is every layer's width); "
+                   "camvid: unet (the only one)")
+    p.add_argument("--max-to-keep", type=int, default=2,
+                   help="checkpoints kept on disk (default 2; more to study training)")
     p.add_argument("--label-smoothing", type=float, default=0.1,
                    help="cifar10: label smoothing (default 0.1)")
     # Test hook: sleep after every step so that a test can kill the run mid-way.
@@ -111,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
             log_every=args.log_every, warmup=args.warmup, crop=args.crop,
             class_weights=args.class_weights, downscale=args.downscale,
-            label_smoothing=args.label_smoothing, **pick)
+            label_smoothing=args.label_smoothing, arch=args.arch,
+            max_to_keep=args.max_to_keep, **pick)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -201,6 +201,54 @@ def test_training_trains_then_reads_its_checkpoints(tmp_path, synthetic_data):
                                                    checkpoints=str(tmp_path / "none")))
 
 
+def test_erf_along_training_reads_every_checkpoint(tmp_path, synthetic_data):
+    import functools
+
+    import rfjax
+    from rfjax import train as rtrain
+
+    work = tmp_path / "run"
+    cfg = rtrain.TrainConfig(task="cifar10", steps=2, batch_size=4, lr=0.05, width=2,
+                             checkpoint_every=1, max_to_keep=5, log_every=1)
+    rtrain.train(cfg, work, data_dir=synthetic_data, log=lambda s: None)
+    assert rtrain.checkpoint_steps(work) == [1, 2]
+    data = E.erf_along_training(work, data_dir=str(synthetic_data), erf_images=3)
+    assert data["steps"] == [0, 1, 2] and data["task"] == "cifar10" and data["arch"] == "vgg"
+    assert data["maps"].shape == (3, 32, 32) and data["trf"] == [74, 74]
+    assert data["unit"] == [2, 2] and data["input_hw"] == [32, 32]
+    assert data["final"]["params_sha256"] == json.loads(
+        (work / "final.json").read_text())["params_sha256"]
+    # Oracle: the ERF of the initial and of the last parameters, computed directly.
+    test = rdata.load("cifar10", "test", data_dir=synthetic_data)
+    x = rdata.normalize(test.images[:3])
+    model, last, _ = rtrain.load_trained(work)
+    state0 = rtrain.init_state(cfg)
+    first = {"params": state0["params"], "batch_stats": state0["batch_stats"]}
+    for i, variables in ((0, first), (2, last)):
+        fn = functools.partial(model.apply, variables, method=type(model).features)
+        expect = rfjax.erf(fn, x, unit=(2, 2), progress=False).map
+        np.testing.assert_allclose(data["maps"][i], expect, rtol=1e-6)
+        assert data["size"][i] == pytest.approx(common.size_of(expect))
+    assert not np.allclose(data["maps"][0], data["maps"][2])
+    # The script: figure + JSON, and a clear error for a folder without checkpoints.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "erf_during_training", REPO / "scripts" / "erf_during_training.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "figs" / "traj"
+    assert script.main([str(work), "--data-dir", str(synthetic_data), "--images", "2",
+                        "--out", str(out)]) == 0
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert rec["steps"] == [0, 1, 2] and len(rec["size"]) == 3 and "maps" not in rec
+    (tmp_path / "empty").mkdir()
+    assert script.main([str(tmp_path / "empty")]) == 2
+    with pytest.raises(FileNotFoundError, match="not a training workdir"):
+        E.erf_along_training(tmp_path / "empty")
+
+
 # ----------------------------------------------------------------- registry and script
 
 

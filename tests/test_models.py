@@ -12,7 +12,13 @@ from rfjax.models.camvid import (
     pad_to_multiple,
     segment,
 )
-from rfjax.models.cifar import CIFAR_LAYERS, CIFAR_TRF, CifarNet
+from rfjax.models.cifar import (
+    CIFAR_LAYERS,
+    CIFAR_RESNET_LAYERS,
+    CIFAR_TRF,
+    CifarNet,
+    CifarResNet,
+)
 from rfjax.models.recurrence import LayerSpec, receptive_interval, trf_by_recurrence
 
 
@@ -210,3 +216,76 @@ def test_camvid_shapes_segment_and_padding():
         pad_to_multiple(jnp.zeros((1, 3, 16, 3)))
     with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
         pad_to_multiple(jnp.zeros((16, 16, 3)))
+
+
+# --------------------------------------------------------------------------- CifarResNet
+
+
+def test_cifar_resnet_trf_is_74_by_engine_and_recurrence():
+    import functools
+
+    import rfjax
+
+    model = CifarResNet(width=2)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    t = rfjax.trf(functools.partial(model.apply, variables, method=CifarResNet.features),
+                  (1, 32, 32, 3))
+    assert t.size == (74, 74) and t.stride == (1, 1)
+    assert trf_by_recurrence(CIFAR_RESNET_LAYERS) == 74
+    # The chain lists the module's convolutions: the stem, then both of every block, in order.
+    kernels = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"]):
+        keys = [getattr(k, "key", str(k)) for k in path]
+        if keys[-1] == "kernel" and leaf.ndim == 4:
+            name = keys[0] if len(keys) == 2 else f"{keys[0]}_{keys[1][-1]}"
+            kernels.append((name, leaf.shape[0]))
+    order = {s.name: i for i, s in enumerate(CIFAR_RESNET_LAYERS)}
+    assert sorted(kernels, key=lambda nk: order[nk[0]]) == \
+        [(s.name, s.kernel) for s in CIFAR_RESNET_LAYERS]
+    # Blocks set the depth: TRF 6 + 4 * blocks.
+    small = CifarResNet(width=2, blocks=3)
+    v3 = jax.eval_shape(small.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    t3 = rfjax.trf(functools.partial(small.apply, v3, method=CifarResNet.features),
+                   (1, 32, 32, 3))
+    assert t3.size == (18, 18)
+
+
+def test_cifar_resnet_gradient_support_is_the_trf():
+    # The 6x6 SAME stem reads rows q-2..q+3; the 34 3x3 convolutions add 34 either side.
+    model = CifarResNet(width=2)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 96, 96, 3)))
+
+    def unit(x):
+        return model.apply(variables, x, method=CifarResNet.features)[0, 48, 40].sum()
+
+    lo_r, hi_r = receptive_interval(list(CIFAR_RESNET_LAYERS), 48)
+    lo_c, hi_c = receptive_interval(list(CIFAR_RESNET_LAYERS), 40)
+    assert (lo_r, hi_r) == (48 - 36, 48 + 37)
+    assert _support_box(unit, (1, 96, 96, 3)) == (lo_r, hi_r, lo_c, hi_c)
+
+
+def test_cifar_resnet_shapes_and_errors():
+    model = CifarResNet(width=3, blocks=2)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    feats = model.apply(variables, x, method=CifarResNet.features)
+    assert feats.shape == (2, 32, 32, 3)
+    head = variables["params"]["head"]
+    expect = jnp.mean(feats, axis=(1, 2)) @ head["kernel"] + head["bias"]
+    np.testing.assert_allclose(model.apply(variables, x), expect, rtol=1e-5, atol=1e-5)
+    # Identity shortcut: zeroing a block's last BatchNorm scale and bias leaves relu(x).
+    params = jax.tree_util.tree_map(lambda a: a, variables["params"])
+    params["block2"]["bn2"] = jax.tree_util.tree_map(jnp.zeros_like, params["block2"]["bn2"])
+    one = CifarResNet(width=3, blocks=1)
+    one_vars = {"params": {k: v for k, v in params.items() if k != "block2"},
+                "batch_stats": {k: v for k, v in variables["batch_stats"].items()
+                                if k != "block2"}}
+    np.testing.assert_allclose(
+        model.apply({**variables, "params": params}, x, method=CifarResNet.features),
+        one.apply(one_vars, x, method=CifarResNet.features), rtol=1e-6, atol=1e-6)
+    _, upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert "block1" in upd["batch_stats"]
+    with pytest.raises(ValueError, match="3 channels"):
+        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
+    with pytest.raises(ValueError, match="blocks must be >= 1"):
+        CifarResNet(blocks=0).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))

@@ -183,6 +183,28 @@ def test_config_errors():
         rtrain.TrainConfig.from_json({**cfg.to_json(), "colour": 1})
 
 
+def test_config_arch():
+    from rfjax.models.camvid import CamVidNet
+    from rfjax.models.cifar import CifarNet, CifarResNet
+
+    ok = dict(task="cifar10", steps=10, batch_size=4, lr=0.1, width=2)
+    assert rtrain.TrainConfig(**ok).arch == "vgg"
+    assert rtrain.TrainConfig(**{**ok, "task": "camvid"}).arch == "unet"
+    assert isinstance(rtrain.make_model(rtrain.TrainConfig(**ok)), CifarNet)
+    res = rtrain.TrainConfig(**ok, arch="resnet")
+    model = rtrain.make_model(res)
+    assert isinstance(model, CifarResNet) and model.width == 2
+    assert isinstance(rtrain.make_model(rtrain.TrainConfig(**{**ok, "task": "camvid"})),
+                      CamVidNet)
+    for task, arch in (("camvid", "resnet"), ("cifar10", "unet"), ("cifar10", "ResNet")):
+        with pytest.raises(ValueError, match="arch for"):
+            rtrain.TrainConfig(**{**ok, "task": task, "arch": arch})
+    # A config.json written before the field existed reads as the default architecture.
+    old = {k: v for k, v in res.to_json().items() if k != "arch"}
+    assert rtrain.TrainConfig.from_json(old).arch == "vgg"
+    assert rtrain.TrainConfig.from_json(res.to_json()) == res
+
+
 def test_train_step_pure_and_masks_void():
     cfg = rtrain.TrainConfig(task="camvid", steps=4, batch_size=2, lr=0.05, width=2,
                              crop=(16, 16))

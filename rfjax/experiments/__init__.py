@@ -15,6 +15,9 @@ dataclass offering ``tiny()`` (tests), ``quick()`` and ``full()``; the dict hold
 ``subsampling_dilation``      Fig. 4: plain vs. strided vs. dilated
 ``training``                  Fig. 5: ERF before/after training, CIFAR-10 and CamVid
 ============================  =================================================================
+
+Beside them, :func:`erf_along_training` follows the same ERF through every kept checkpoint of
+one training run (``scripts/erf_during_training.py``).
 """
 
 from __future__ import annotations
@@ -54,10 +57,15 @@ from rfjax.experiments.theoretical import (
     run_trf_example,
     run_trf_vs_erf,
 )
-from rfjax.experiments.training import TrainingConfig, holds_training, run_training
+from rfjax.experiments.training import (
+    TrainingConfig,
+    erf_along_training,
+    holds_training,
+    run_training,
+)
 
 __all__ = ["Experiment", "EXPERIMENTS", "NAMES", "MODES", "make_config", "run_experiment",
-           "result_entry", "merge_results", "RESULT_KEYS"]
+           "result_entry", "merge_results", "RESULT_KEYS", "erf_along_training"]
 
 MODES = ("tiny", "quick", "full")
 

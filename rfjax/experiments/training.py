@@ -9,7 +9,8 @@ the very parameters training started from).
 
 ERFs: ``rfjax.erf`` with ``reduce="abs"`` over the first ``erf_images`` test images
 (normalised with ``rfjax.data.normalize``). CIFAR-10: the centre unit ``(H/16, W/16)`` of the
-last feature map (``CifarNet.features``, 4x4 for 32x32 inputs), whose TRF is 74x74. CamVid:
+last feature map (``features`` of the run's model: ``CifarNet``, 4x4 for 32x32 inputs, or
+``CifarResNet``, 32x32, for a run trained with ``arch="resnet"``), whose TRF is 74x74. CamVid:
 the centre pixel of the logits (summed over the 11 classes) on the centre ``camvid_crop`` of
 each test image.
 """
@@ -31,7 +32,7 @@ from rfjax.erf import erf
 from rfjax.experiments.common import NoProgress, Progress, make_result, size_of
 from rfjax.trf import trf
 
-__all__ = ["TrainingConfig", "run_training", "holds_training", "GROWTH"]
+__all__ = ["TrainingConfig", "run_training", "holds_training", "GROWTH", "erf_along_training"]
 
 #: "Grows significantly": the trained ERF size must exceed this multiple of the initial one
 #: (a 10% margin, well above the scatter of the 4-sigma reading between image samples).
@@ -166,12 +167,98 @@ def _centre_crop(images: np.ndarray, crop: tuple[int, int] | None) -> np.ndarray
     return images[:, top:top + ch, left:left + cw]
 
 
+def _probe(task: str, model, variables, tcfg, test, n: int, camvid_crop):
+    """What the ERF of ``task`` is measured on: ``(fn, x, unit, image)``.
+
+    ``fn(variables, x)`` is the output the unit belongs to (CIFAR-10: the last feature map
+    ``type(model).features``; CamVid: the logits), ``x`` the first ``n`` normalised test
+    images (CamVid: centre crops of the images at the run's resolution), ``unit`` the centre
+    of ``fn``'s output and ``image`` the first input as uint8 pixels (for the figure).
+    """
+    if task == "cifar10":
+        x = rdata.normalize(test.images[:n])
+        fn = functools.partial(model.apply, method=type(model).features)
+        image = np.asarray(test.images[0])
+    else:
+        from rfjax.train import downscale_images
+
+        crops = _centre_crop(downscale_images(test.images[:n], tcfg.downscale), camvid_crop)
+        x = rdata.normalize(crops)
+        fn = model.apply
+        image = np.asarray(crops[0])
+    out_hw = fn(variables, x[:1]).shape[1:3]
+    return fn, x, (out_hw[0] // 2, out_hw[1] // 2), image
+
+
+def _erf_map(fn, variables, x, unit) -> np.ndarray:
+    return np.asarray(erf(functools.partial(fn, variables), x, unit=unit, progress=False).map)
+
+
+def erf_along_training(workdir: str | Path, *, data_dir: str | None = None,
+                       erf_images: int = 64, camvid_crop: tuple[int, int] | None = None,
+                       progress: Progress | None = None) -> dict[str, Any]:
+    """The ERF of a training run's unit at its initialisation and at every kept checkpoint.
+
+    The unit and inputs are those of :func:`run_training` (CIFAR-10: the centre unit of the
+    last feature map; CamVid: the centre pixel of the logits on centre crops). Step 0 is the
+    run's own initialisation (``rfjax.train.init_state`` of its ``config.json``); the others
+    are the complete checkpoints in ``WORKDIR/checkpoints`` (train with a larger
+    ``--max-to-keep`` to keep more of them).
+
+    Args:
+      workdir: a folder written by ``scripts/train.py`` / :func:`rfjax.train.train`.
+      data_dir: the source data folder (``None``: ``rfjax.data``'s default).
+      erf_images: test images averaged into each ERF.
+      camvid_crop: as in :class:`TrainingConfig`.
+      progress: receives ``update(1)`` per measured step.
+
+    Returns:
+      ``{"task", "arch", "width", "steps": [0, ...], "size": [...], "size_hw": [[h, w], ...],
+      "threshold_hw": [[h, w], ...], "maps": float32 (len(steps), H, W), "unit", "input_hw",
+      "trf", "image", "final": the run's final.json or None}``. ``size`` is the figures' 4-sigma
+      reading (:func:`rfjax.experiments.common.size_of`), ``size_hw`` the same per axis and
+      ``threshold_hw`` the paper's literal threshold extents (``rfjax.metrics.threshold_size``).
+    """
+    from rfjax import metrics
+    from rfjax import train as rtrain
+
+    workdir = Path(workdir)
+    progress = progress or NoProgress()
+    steps = rtrain.checkpoint_steps(workdir)
+    if not (workdir / "config.json").exists() or not steps:
+        raise FileNotFoundError(f"{workdir}: not a training workdir with checkpoints "
+                                "(config.json and checkpoints/<step>/ from scripts/train.py)")
+    model, last, tcfg = rtrain.load_trained(workdir)
+    test = rdata.load(tcfg.task, "test", data_dir=data_dir)
+    fn, x, unit, image = _probe(tcfg.task, model, last, tcfg, test, erf_images, camvid_crop)
+    state0 = rtrain.init_state(tcfg)
+    maps, hw, thr = [], [], []
+    for step in [0, *steps]:
+        if step == 0:
+            variables = {"params": state0["params"], "batch_stats": state0["batch_stats"]}
+        else:
+            variables = rtrain.load_trained(workdir, step)[1]
+        m = _erf_map(fn, variables, x, unit)
+        maps.append(m)
+        hw.append([float(v) for v in np.asarray(metrics.erf_size(m).extent)])
+        thr.append([float(v) for v in np.asarray(metrics.threshold_size(m).extent)])
+        progress.update(1)
+    final = workdir / "final.json"
+    return {
+        "task": tcfg.task, "arch": tcfg.arch, "width": int(tcfg.width),
+        "steps": [0, *steps], "size": [float(np.mean(v)) for v in hw], "size_hw": hw,
+        "threshold_hw": thr, "maps": np.stack(maps).astype(np.float32),
+        "unit": [int(u) for u in unit], "input_hw": [int(v) for v in x.shape[1:3]],
+        "trf": [int(v) for v in trf(functools.partial(fn, last), x[:1]).size],
+        "image": image,
+        "final": json.loads(final.read_text()) if final.exists() else None,
+    }
+
+
 def run_training(config: TrainingConfig = TrainingConfig(), seed: int = 0,
                  progress: Progress | None = None) -> dict[str, Any]:
     """ERF sizes before/after training of both models, CIFAR's TRF, test accuracy / mIoU."""
     progress = progress or NoProgress()
-    from rfjax.models.cifar import CifarNet
-
     with tempfile.TemporaryDirectory(prefix="rfjax-figures-") as tmp:
         if config.checkpoints is not None:
             root = Path(config.checkpoints)
@@ -183,33 +270,22 @@ def run_training(config: TrainingConfig = TrainingConfig(), seed: int = 0,
         maps, sizes = {}, {}
         # CIFAR-10: the centre unit of the last feature map
         model, before, after, tcfg_c, scores_c, test = models["cifar10"]
-        x = rdata.normalize(test.images[:config.erf_images])
-        feats = functools.partial(model.apply, method=CifarNet.features)
-        out_hw = feats(after, x[:1]).shape[1:3]
-        unit = (out_hw[0] // 2, out_hw[1] // 2)
-        t_c = trf(functools.partial(feats, after), x[:1])
+        fn, x, unit, cifar_image = _probe("cifar10", model, after, tcfg_c, test,
+                                          config.erf_images, config.camvid_crop)
+        t_c = trf(functools.partial(fn, after), x[:1])
         region_c = t_c.region(unit)
         for tag, variables in (("before", before), ("after", after)):
-            m = erf(functools.partial(feats, variables), x, unit=unit, progress=False)
-            maps[f"cifar_{tag}"] = np.asarray(m.map)
+            maps[f"cifar_{tag}"] = _erf_map(fn, variables, x, unit)
             sizes[f"cifar_{tag}"] = size_of(maps[f"cifar_{tag}"])
             progress.update(10)
-        cifar_image = np.asarray(test.images[0])
         # CamVid: the centre pixel of the logits
         model_v, before_v, after_v, tcfg_v, scores_v, test_v = models["camvid"]
-        from rfjax.train import downscale_images
-
-        crops = _centre_crop(downscale_images(test_v.images[:config.erf_images],
-                                              tcfg_v.downscale), config.camvid_crop)
-        xv = rdata.normalize(crops)
-        unit_v = (xv.shape[1] // 2, xv.shape[2] // 2)
+        fn_v, xv, unit_v, camvid_image = _probe("camvid", model_v, after_v, tcfg_v, test_v,
+                                                config.erf_images, config.camvid_crop)
         for tag, variables in (("before", before_v), ("after", after_v)):
-            m = erf(functools.partial(model_v.apply, variables), xv, unit=unit_v,
-                    progress=False)
-            maps[f"camvid_{tag}"] = np.asarray(m.map)
+            maps[f"camvid_{tag}"] = _erf_map(fn_v, variables, xv, unit_v)
             sizes[f"camvid_{tag}"] = size_of(maps[f"camvid_{tag}"])
             progress.update(10)
-        camvid_image = np.asarray(crops[0])
     measured = {
         "trf_cifar": [int(v) for v in t_c.size],
         "cifar_image_size": int(x.shape[1]),

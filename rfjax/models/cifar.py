@@ -1,8 +1,14 @@
-"""CIFAR-10 classifier with a 74x74 theoretical receptive field on 32x32 inputs.
+"""CIFAR-10 classifiers with a 74x74 theoretical receptive field on 32x32 inputs.
 
-A VGG-style, fully convolutional network (3x3 convolutions, BatchNorm, ReLU, 2x2 max-pooling)
-followed by global average pooling and one dense layer. Layer chain (``CIFAR_LAYERS``), with the
-textbook recurrence ``r += (k-1)*d*j; j *= s`` (see ``rfjax.models.recurrence``):
+Two architectures, both fully convolutional up to a global average pooling and one dense layer:
+``CifarNet`` (the default of the training runs) and ``CifarResNet`` (the paper's description of
+its own network: a ResNet of 17 residual blocks without pooling or downsampling; see its
+docstring).
+
+``CifarNet`` is a VGG-style, fully convolutional network (3x3 convolutions, BatchNorm, ReLU,
+2x2 max-pooling) followed by global average pooling and one dense layer. Layer chain
+(``CIFAR_LAYERS``), with the textbook recurrence ``r += (k-1)*d*j; j *= s`` (see
+``rfjax.models.recurrence``):
 
 =========  ======  ========  ====  ====  ==============
 layer      kernel  stride    r     j     output (32x32)
@@ -116,3 +122,76 @@ class CifarNet(nn.Module):
         """Logits, float32 (N, num_classes), for float32 (N, H, W, 3) normalised images."""
         h = self.features(x, train)
         return self.head(jnp.mean(h, axis=(1, 2)))
+
+
+#: The longest input-to-output path of ``CifarResNet`` (the stem and both convolutions of every
+#: block; the identity shortcuts lie inside it): 1 + 5 + 17 * 2 * 2 = 74.
+CIFAR_RESNET_LAYERS: tuple[LayerSpec, ...] = (
+    LayerSpec("stem", kernel=6),
+    *(LayerSpec(f"block{b}_{i}", kernel=3) for b in range(1, 18) for i in (1, 2)),
+)
+
+
+class _ResidualBlock(nn.Module):
+    """``relu(x + BN(conv(relu(BN(conv(x))))))``, 3x3 convolutions, constant width."""
+
+    width: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        h = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False, name="conv1")(x)
+        h = nn.relu(nn.BatchNorm(momentum=0.9, use_running_average=not train, name="bn1")(h))
+        h = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False, name="conv2")(h)
+        h = nn.BatchNorm(momentum=0.9, use_running_average=not train, name="bn2")(h)
+        return nn.relu(x + h)
+
+
+class CifarResNet(nn.Module):
+    """The paper's CIFAR-10 network: a ResNet of 17 residual blocks, no pooling or downsampling.
+
+    Luo et al. (NIPS 2016, Sec. 4.3) train "a ResNet with 17 residual blocks" on CIFAR-10
+    "without pooling or downsampling" and state a TRF of 74x74. Seventeen blocks of two 3x3
+    convolutions reach 1 + 68 = 69 with a 1x1 stem or 71 with a 3x3 one; stride-1 odd kernels
+    can only give odd sizes, so the stem here is a 6x6 convolution (SAME padding: rows
+    ``q - 2 ... q + 3``), which makes the TRF exactly 74 (``CIFAR_RESNET_LAYERS``; verified
+    by ``rfjax.trf`` in the tests). Every feature map is ``H x W x width``; the classifier
+    averages the last one globally.
+
+    BatchNorm as in ``CifarNet``: batch statistics with ``train=True`` (pass
+    ``mutable=["batch_stats"]``), running averages otherwise (images do not interact).
+
+    Attributes:
+      width: channels of every layer.
+      num_classes: size of the logits.
+      blocks: residual blocks (17 in the paper; the TRF is ``6 + 4 * blocks``).
+    """
+
+    width: int = 16
+    num_classes: int = 10
+    blocks: int = 17
+
+    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Last feature map, float32 (N, H, W, width), for float32 (N, H, W, 3) images."""
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"CifarResNet: expected NHWC images with 3 channels, got shape "
+                             f"{tuple(x.shape)}")
+        x = self.stem(x)
+        x = nn.relu(self.stem_bn(x, use_running_average=not train))
+        for block in self.body:
+            x = block(x, train)
+        return x
+
+    def setup(self) -> None:
+        if self.width < 1 or self.num_classes < 1 or self.blocks < 1:
+            raise ValueError(f"CifarResNet: width, num_classes and blocks must be >= 1, got "
+                             f"width={self.width}, num_classes={self.num_classes}, "
+                             f"blocks={self.blocks}")
+        self.stem = nn.Conv(self.width, (6, 6), padding="SAME", use_bias=False, name="stem")
+        self.stem_bn = nn.BatchNorm(momentum=0.9, name="stem_bn")
+        self.body = [_ResidualBlock(self.width, name=f"block{b}")
+                     for b in range(1, self.blocks + 1)]
+        self.head = nn.Dense(self.num_classes, name="head")
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Logits, float32 (N, num_classes), for float32 (N, H, W, 3) normalised images."""
+        return self.head(jnp.mean(self.features(x, train), axis=(1, 2)))
