@@ -1,8 +1,9 @@
 """Flax linen models: the reference architectures (``zoo``) and the paper's data models
-(``cifar.CifarNet``, TRF 74x74 on CIFAR-10; ``camvid.CamVidNet``, a U-Net for CamVid)."""
+(``cifar.CifarNet``, VGG-style, and ``cifar.CifarResNet``, the paper's 17-block ResNet, both
+with a TRF of 74x74 on CIFAR-10; ``camvid.CamVidNet``, a U-Net for CamVid)."""
 
 from rfjax.models.camvid import CamVidNet
-from rfjax.models.cifar import CifarNet
+from rfjax.models.cifar import CifarNet, CifarResNet
 from rfjax.models.zoo import (
     VGG16,
     AlexNet,
@@ -35,6 +36,7 @@ __all__ = [
     "Bottleneck",
     "CamVidNet",
     "CifarNet",
+    "CifarResNet",
     "Conv1DNet",
     "Conv3DNet",
     "ConvStack",
