@@ -712,9 +712,7 @@ def load_trained(
                                 "(run scripts/train.py first)")
     config = TrainConfig.from_json(json.loads(path.read_text()))
     ckpt_dir = workdir / CHECKPOINT_SUBDIR
-    clean = [p for p in ckpt_dir.iterdir() if _TMP_MARKER not in p.name] \
-        if ckpt_dir.is_dir() else []
-    if not clean:
+    if not checkpoint_steps(workdir):
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
     import orbax.checkpoint as ocp
 

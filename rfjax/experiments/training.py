@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from rfjax import data as rdata
@@ -186,7 +187,7 @@ def _probe(task: str, model, variables, tcfg, test, n: int, camvid_crop):
         x = rdata.normalize(crops)
         fn = model.apply
         image = np.asarray(crops[0])
-    out_hw = fn(variables, x[:1]).shape[1:3]
+    out_hw = jax.eval_shape(fn, variables, x[:1]).shape[1:3]  # shapes only, no forward pass
     return fn, x, (out_hw[0] // 2, out_hw[1] // 2), image
 
 
@@ -228,7 +229,7 @@ def erf_along_training(workdir: str | Path, *, data_dir: str | None = None,
     if not (workdir / "config.json").exists() or not steps:
         raise FileNotFoundError(f"{workdir}: not a training workdir with checkpoints "
                                 "(config.json and checkpoints/<step>/ from scripts/train.py)")
-    model, last, tcfg = rtrain.load_trained(workdir)
+    model, last, tcfg = rtrain.load_trained(workdir, steps[-1])
     test = rdata.load(tcfg.task, "test", data_dir=data_dir)
     fn, x, unit, image = _probe(tcfg.task, model, last, tcfg, test, erf_images, camvid_crop)
     state0 = rtrain.init_state(tcfg)
@@ -236,6 +237,8 @@ def erf_along_training(workdir: str | Path, *, data_dir: str | None = None,
     for step in [0, *steps]:
         if step == 0:
             variables = {"params": state0["params"], "batch_stats": state0["batch_stats"]}
+        elif step == steps[-1]:  # restored above
+            variables = last
         else:
             variables = rtrain.load_trained(workdir, step)[1]
         m = _erf_map(fn, variables, x, unit)
