@@ -245,6 +245,10 @@ def test_erf_along_training_reads_every_checkpoint(tmp_path, synthetic_data):
     assert rec["steps"] == [0, 1, 2] and len(rec["size"]) == 3 and "maps" not in rec
     (tmp_path / "empty").mkdir()
     assert script.main([str(tmp_path / "empty")]) == 2
+    with pytest.raises(SystemExit):
+        script.parse_args([str(work), "--images", "0"])
+    with pytest.raises(SystemExit):
+        script.parse_args([str(tmp_path / "missing")])
     with pytest.raises(FileNotFoundError, match="not a training workdir"):
         E.erf_along_training(tmp_path / "empty")
 
