@@ -34,6 +34,7 @@ The plan is derived once per function and shape and cached with the compiled fun
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -42,11 +43,15 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
+from rfjax import callables
+from rfjax.engine import registry
+from rfjax.engine.cone_ir import IR, Cone, Node, Unsupported, clip, is_dependent
+from rfjax.engine.records import INLINE, ConeRule
+from rfjax.engine.rules.elementwise import ELEMENTWISE_CONE
+from rfjax.selection import select_output
+from rfjax.trf import TRFError, trf
+
 __all__ = ["CropPlan", "Unsupported", "cone_plan", "input_window", "plan_crop"]
-
-
-class Unsupported(Exception):
-    """The jaxpr has an operation whose dependency window is not derived here."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -107,277 +112,84 @@ def input_window(trf: Any, unit: tuple[int, ...], spatial: tuple[int, ...]):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class _Node:
-    prim: Any  # a jax Primitive, or "relu"
-    params: dict
-    ins: list  # var ids (int) or ("lit", value)
-    outs: list[int]
+def _cone_rule(node: Node) -> ConeRule:
+    """The node's cone rule from the registry (``relu`` is elementwise)."""
+    if node.name == "relu":
+        return ELEMENTWISE_CONE
+    rule = registry.lookup(node.name)
+    if rule is None or not isinstance(rule.cone, ConeRule):
+        raise Unsupported(f"primitive {node.name!r}")
+    return rule.cone
 
 
-_ELEMENTWISE = frozenset(
-    """abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp convert_element_type
-    copy copy_p cos cosh div eq erf erf_inv erfc exp exp2 expm1 floor ge gt imag integer_pow
-    is_finite le lgamma digamma log log1p logistic lt max min mul ne neg nextafter not or pow
-    real reduce_precision rem round rsqrt select_n sign sin sinh sqrt square stop_gradient sub
-    tan tanh xor relu optimization_barrier""".split()
-)
-_CALLS = frozenset(
-    "jit pjit closed_call core_call remat remat2 checkpoint custom_jvp_call custom_vjp_call "
-    "custom_vjp_call_jaxpr".split()
-)
-_REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or "
-                        "argmax argmin".split())
+def _flatten(ir: IR, jaxpr, consts, in_ids) -> list:
+    """Append ``jaxpr``'s equations to ``ir`` with calls inlined; returns the output ids."""
+    env: dict = {}
+    for v, c in zip(jaxpr.constvars, consts, strict=True):
+        i = ir.new(np.shape(c))
+        ir.consts[i] = c
+        env[v] = i
+    for v, i in zip(jaxpr.invars, in_ids, strict=True):
+        env[v] = i
 
+    def read(v):
+        if isinstance(v, jcore.Literal):
+            return ("lit", v.val)
+        return env[v]
 
-class _IR:
-    """A flat list of primitive applications with integer variable ids."""
-
-    def __init__(self):
-        self.nodes: list[_Node] = []
-        self.shapes: dict[int, tuple[int, ...]] = {}
-        self.consts: dict[int, Any] = {}
-        self._next = 0
-
-    def new(self, shape) -> int:
-        i = self._next
-        self._next += 1
-        self.shapes[i] = tuple(shape)
-        return i
-
-    def flatten(self, jaxpr, consts, in_ids) -> list:
-        env: dict = {}
-        for v, c in zip(jaxpr.constvars, consts, strict=True):
-            i = self.new(np.shape(c))
-            self.consts[i] = c
-            env[v] = i
-        for v, i in zip(jaxpr.invars, in_ids, strict=True):
-            env[v] = i
-
-        def read(v):
-            if isinstance(v, jcore.Literal):
-                return ("lit", v.val)
-            return env[v]
-
-        for eqn in jaxpr.eqns:
-            ins = [read(v) for v in eqn.invars]
-            name = eqn.primitive.name
-            if name == "custom_jvp_call" and eqn.params.get("name") == "relu":
-                out = self.new(eqn.outvars[0].aval.shape)
-                self.nodes.append(_Node("relu", {}, ins, [out]))
-                env[eqn.outvars[0]] = out
-                continue
-            if name in _CALLS:
-                sub = (eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
-                       or eqn.params.get("fun_jaxpr"))
-                if sub is None:
-                    raise Unsupported(f"call primitive {name} without a jaxpr")
-                sub_jaxpr, sub_consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (
-                    sub, ())
-                ids = [self._as_id(i) for i in ins]
-                outs = self.flatten(sub_jaxpr, sub_consts,
-                                    ids[len(ids) - len(sub_jaxpr.invars):])
-                for v, o in zip(eqn.outvars, outs, strict=True):
-                    env[v] = self._as_id(o)
-                continue
-            outs = [self.new(v.aval.shape) for v in eqn.outvars]
-            self.nodes.append(_Node(eqn.primitive, dict(eqn.params), ins, outs))
+    for eqn in jaxpr.eqns:
+        ins = [read(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if name == "custom_jvp_call" and eqn.params.get("name") == "relu":
+            # keep relu's custom derivative (its autodiff at 0 differs)
+            out = ir.new(eqn.outvars[0].aval.shape)
+            ir.nodes.append(Node("relu", {}, ins, [out]))
+            env[eqn.outvars[0]] = out
+            continue
+        rule = registry.lookup(name)
+        if rule is not None and rule.cone is INLINE:
+            sub = (eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+                   or eqn.params.get("fun_jaxpr"))
+            if sub is None:
+                raise Unsupported(f"call primitive {name} without a jaxpr")
+            sub_jaxpr, sub_consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (
+                sub, ())
+            ids = [ir.as_id(i) for i in ins]
+            outs = _flatten(ir, sub_jaxpr, sub_consts, ids[len(ids) - len(sub_jaxpr.invars):])
             for v, o in zip(eqn.outvars, outs, strict=True):
-                env[v] = o
-        return [read(v) for v in jaxpr.outvars]
-
-    def _as_id(self, i):
-        if isinstance(i, tuple):
-            j = self.new(np.shape(i[1]))
-            self.consts[j] = i[1]
-            return j
-        return i
+                env[v] = ir.as_id(o)
+            continue
+        outs = [ir.new(v.aval.shape) for v in eqn.outvars]
+        ir.nodes.append(Node(eqn.primitive, dict(eqn.params), ins, outs))
+        for v, o in zip(eqn.outvars, outs, strict=True):
+            env[v] = o
+    return [read(v) for v in jaxpr.outvars]
 
 
-def _name(node: _Node) -> str:
-    return node.prim if isinstance(node.prim, str) else node.prim.name
-
-
-def _shape(ir: _IR, i) -> tuple[int, ...]:
-    return tuple(np.shape(i[1])) if isinstance(i, tuple) else ir.shapes[i]
-
-
-# Labels: for a variable that depends on the input, labels[k] is the dimension holding input
-# spatial axis k. Windows: per axis (start, stop) in that dimension's coordinates.
-
-
-def _forward_labels(ir: _IR, node: _Node, dep, labels) -> list:
+def _labels(ir: IR, node: Node, dep, labels) -> tuple:
     """Output labels of a node with at least one input-dependent operand."""
-    name = _name(node)
-    dins = [i for i in node.ins if not isinstance(i, tuple) and dep.get(i)]
-    lab = labels[dins[0]]
-    out_shape = ir.shapes[node.outs[0]]
     if len(node.outs) != 1:
-        raise Unsupported(f"{name} with several outputs")
-    if name in _ELEMENTWISE:
-        for i in dins:  # non-spatial dims may broadcast (size 1), spatial ones may not
-            if labels[i] != lab or any(ir.shapes[i][d] != out_shape[d] for d in lab):
-                raise Unsupported(f"{name} mixes differently laid out spatial operands")
-        return lab
-    if name == "conv_general_dilated":
-        if dep.get(node.ins[1]) if not isinstance(node.ins[1], tuple) else False:
-            raise Unsupported("convolution with input-dependent weights")
-        p = node.params
-        if p["batch_group_count"] != 1:
-            raise Unsupported("batch-grouped convolution")
-        dn = p["dimension_numbers"]
-        lsp, osp = list(dn.lhs_spec[2:]), list(dn.out_spec[2:])
-        if sorted(lab) != sorted(lsp):
-            raise Unsupported("convolution over dimensions that are not the spatial axes")
-        return tuple(osp[lsp.index(d)] for d in lab)
-    if name in ("reduce_window_sum", "reduce_window_max", "reduce_window_min"):
-        if any(node.params["base_dilation"][d] != 1 for d in lab):
-            raise Unsupported("base-dilated reduce_window")
-        return lab
-    if name == "broadcast_in_dim":
-        bd = node.params["broadcast_dimensions"]
-        in_shape = ir.shapes[dins[0]]
-        out = tuple(bd[d] for d in lab)
-        if any(in_shape[d] != out_shape[o] for d, o in zip(lab, out, strict=True)):
-            raise Unsupported("broadcast of a spatial axis")
-        return out
-    if name == "transpose":
-        perm = list(node.params["permutation"])
-        return tuple(perm.index(d) for d in lab)
-    if name == "reshape":
-        if node.params.get("dimensions") is not None:
-            raise Unsupported("reshape with dimensions")
-        in_shape = ir.shapes[dins[0]]
-        out = []
-        for d in lab:
-            pre = int(np.prod(in_shape[:d]))
-            q = next((q for q in range(len(out_shape))
-                      if int(np.prod(out_shape[:q])) == pre and out_shape[q] == in_shape[d]), None)
-            if q is None:
-                raise Unsupported("reshape that merges or splits a spatial axis")
-            out.append(q)
-        return tuple(out)
-    if name == "squeeze":
-        dims = node.params["dimensions"]
-        if any(d in dims for d in lab):
-            raise Unsupported("squeeze of a spatial axis")
-        return tuple(d - sum(1 for s in dims if s < d) for d in lab)
-    if name in _REDUCTIONS:
-        axes = node.params["axes"]
-        if any(d in axes for d in lab):
-            raise Unsupported(f"{name} over a spatial axis (a global operation)")
-        return tuple(d - sum(1 for a in axes if a < d) for d in lab)
-    if name == "dot_general":
-        (lc, rc), (lb, rb) = node.params["dimension_numbers"]
-        ldep = not isinstance(node.ins[0], tuple) and dep.get(node.ins[0])
-        rdep = not isinstance(node.ins[1], tuple) and dep.get(node.ins[1])
-        if ldep and rdep:
-            raise Unsupported("dot_general of two input-dependent operands (attention)")
-        lshape, rshape = _shape(ir, node.ins[0]), _shape(ir, node.ins[1])
-        if ldep:
-            free = [d for d in range(len(lshape)) if d not in lc and d not in lb]
-            if any(d in lc or d in lb for d in lab):
-                raise Unsupported("dot_general contracting a spatial axis")
-            return tuple(len(lb) + free.index(d) for d in lab)
-        free_l = [d for d in range(len(lshape)) if d not in lc and d not in lb]
-        free = [d for d in range(len(rshape)) if d not in rc and d not in rb]
-        if any(d in rc or d in rb for d in lab):
-            raise Unsupported("dot_general contracting a spatial axis")
-        return tuple(len(rb) + len(free_l) + free.index(d) for d in lab)
-    if name == "concatenate":
-        if node.params["dimension"] in lab:
-            raise Unsupported("concatenate along a spatial axis")
-        for i in dins:
-            if labels[i] != lab:
-                raise Unsupported("concatenate of differently laid out operands")
-        return lab
-    if name == "pad":
-        if not isinstance(node.ins[1], tuple) and dep.get(node.ins[1]):
-            raise Unsupported("input-dependent padding value")
-        if any(node.params["padding_config"][d][2] != 0 for d in lab):
-            raise Unsupported("interior padding of a spatial axis")
-        return lab
-    if name == "slice":
-        return lab
-    raise Unsupported(f"primitive {name!r}")
+        raise Unsupported(f"{node.name} with several outputs")
+    return _cone_rule(node).labels(ir, node, dep, labels)
 
 
-def _back(ir: _IR, node: _Node, out_win, labels) -> dict:
+def _needs(ir: IR, node: Node, out_win, labels) -> dict:
     """Unclipped windows each input-dependent operand must provide for ``out_win``."""
-    name = _name(node)
-    p = node.params
+    need = _cone_rule(node).need
     req = {}
     for pos, i in enumerate(node.ins):
         if isinstance(i, tuple) or i not in labels:
             continue
-        lab = labels[i]
-        if name == "conv_general_dilated":
-            dn = p["dimension_numbers"]
-            lsp = list(dn.lhs_spec[2:])
-            rshape = _shape(ir, node.ins[1])
-            win = []
-            for k, d in enumerate(lab):
-                j = lsp.index(d)
-                q0, q1 = _conv_span(p, j, rshape[dn.rhs_spec[2 + j]], out_win[k])
-                ld = p["lhs_dilation"][j]  # transposed conv: input i sits at q = i * ld
-                win.append((-(-q0 // ld), q1 // ld + 1))
-            req[pos] = win
-        elif name.startswith("reduce_window"):
-            win = []
-            for k, d in enumerate(lab):
-                ksz, s = p["window_dimensions"][d], p["window_strides"][d]
-                dil, lo = p["window_dilation"][d], p["padding"][d][0]
-                o0, o1 = out_win[k]
-                win.append((o0 * s - lo, (o1 - 1) * s - lo + (ksz - 1) * dil + 1))
-            req[pos] = win
-        elif name == "pad":
-            win = []
-            for k, d in enumerate(lab):
-                lo = p["padding_config"][d][0]
-                win.append((out_win[k][0] - lo, out_win[k][1] - lo))
-            req[pos] = win
-        elif name == "slice":
-            win = []
-            for k, d in enumerate(lab):
-                st = p["start_indices"][d]
-                sd = (p["strides"] or (1,) * len(p["start_indices"]))[d]
-                o0, o1 = out_win[k]
-                win.append((st + o0 * sd, st + (o1 - 1) * sd + 1))
-            req[pos] = win
-        else:  # the window per spatial axis is the output's (dims may move, sizes do not)
-            req[pos] = list(out_win)
+        # default: the window per spatial axis is the output's (dims may move, sizes do not)
+        req[pos] = list(out_win) if need is None else need(ir, node, pos, out_win, labels[i])
     return req
 
 
-def _conv_span(p: dict, j: int, ksize: int, out_win) -> tuple[int, int]:
-    """First and last (lhs-dilated, unpadded) input positions read by outputs ``out_win``."""
-    s, dil, lo = p["window_strides"][j], p["rhs_dilation"][j], p["padding"][j][0]
-    o0, o1 = out_win
-    return o0 * s - lo, (o1 - 1) * s - lo + (ksize - 1) * dil
-
-
-def _clip(win, lab, shape):
-    return [(max(a, 0), min(b, shape[d])) for (a, b), d in zip(win, lab, strict=True)]
-
-
-@dataclasses.dataclass
-class _Cone:
-    ir: _IR
-    n_dyn: int
-    x_id: int
-    out_id: int
-    labels: dict
-    need: dict  # var id -> clipped window
-    req: dict  # (node index, operand position) -> unclipped window
-    live: list  # node indices evaluated on windows (input-dependent and needed)
-    used: set  # node indices the output needs at all (the others are never evaluated)
-
-
-def _analyse(closed, unit: tuple[int, ...]) -> _Cone:
-    ir = _IR()
+def _analyse(closed, unit: tuple[int, ...]) -> Cone:
+    ir = IR()
     jaxpr = closed.jaxpr
     in_ids = [ir.new(v.aval.shape) for v in jaxpr.invars]
-    outs = ir.flatten(jaxpr, closed.consts, in_ids)
+    outs = _flatten(ir, jaxpr, closed.consts, in_ids)
     if len(outs) != 1 or isinstance(outs[0], tuple):
         raise Unsupported("fn must return one array")
     x_id, out_id = in_ids[-1], outs[0]
@@ -391,8 +203,8 @@ def _analyse(closed, unit: tuple[int, ...]) -> _Cone:
     labels = {x_id: tuple(range(1, n + 1))}
     dep = {x_id: True}
     for idx, node in enumerate(ir.nodes):
-        if idx in used and any(not isinstance(i, tuple) and dep.get(i) for i in node.ins):
-            labels[node.outs[0]] = _forward_labels(ir, node, dep, labels)
+        if idx in used and any(is_dependent(dep, i) for i in node.ins):
+            labels[node.outs[0]] = _labels(ir, node, dep, labels)
             for o in node.outs:
                 dep[o] = True
     if out_id not in labels:
@@ -408,12 +220,12 @@ def _analyse(closed, unit: tuple[int, ...]) -> _Cone:
         if o not in need or o not in labels:
             continue
         live.append(idx)
-        for pos, win in _back(ir, node, need[o], labels).items():
+        for pos, win in _needs(ir, node, need[o], labels).items():
             i = node.ins[pos]
             req[(idx, pos)] = win
-            clipped = _clip(win, labels[i], ir.shapes[i])
+            clipped = clip(win, labels[i], ir.shapes[i])
             if any(a >= b for a, b in clipped):
-                raise Unsupported(f"an operand of {_name(node)} contributes nothing to the unit")
+                raise Unsupported(f"an operand of {node.name} contributes nothing to the unit")
             if i in need:
                 clipped = [(min(a, c), max(b, d)) for (a, b), (c, d) in
                            zip(need[i], clipped, strict=True)]
@@ -421,7 +233,7 @@ def _analyse(closed, unit: tuple[int, ...]) -> _Cone:
     if x_id not in need:
         raise Unsupported("the unit does not depend on the input")
     live.reverse()
-    return _Cone(ir, len(in_ids) - 1, x_id, out_id, labels, need, req, live, used)
+    return Cone(ir, len(in_ids) - 1, x_id, out_id, labels, need, req, live, used)
 
 
 def _slice_to(val, have, want, lab):
@@ -444,7 +256,7 @@ def _slice_const(val, out_win, lab, full_shape):
     return val[tuple(idx)]
 
 
-def _evaluate(cone: _Cone, dyn_leaves: list, x_window) -> jax.Array:
+def _evaluate(cone: Cone, dyn_leaves: list, x_window) -> jax.Array:
     """Run the jaxpr with every input-dependent variable restricted to its needed window."""
     ir = cone.ir
     env: dict = dict(ir.consts)
@@ -475,79 +287,26 @@ def _evaluate(cone: _Cone, dyn_leaves: list, x_window) -> jax.Array:
     return env[cone.out_id]
 
 
-def _edge_padding(cone: _Cone, ir: _IR, idx: int, node: _Node):
-    """Per labelled axis ``d`` of the first input: how far the window it must supply reaches
-    past the variable's edges, ``(d, before, after)`` (zero padding to add on the window)."""
-    i = node.ins[0]
-    lab = cone.labels[i]
-    req = cone.req[(idx, 0)]
-    return [(d, a - r0, r1 - b) for (r0, r1), (a, b), d in
-            zip(req, _clip(req, lab, ir.shapes[i]), lab, strict=True)]
-
-
-def _eval_node(cone: _Cone, idx: int, node: _Node, read):
+def _eval_node(cone: Cone, idx: int, node: Node, read):
+    """One node on its windows: operands sliced to what it needs, parameters adjusted."""
     ir = cone.ir
-    name = _name(node)
+    rule = _cone_rule(node)
     out = node.outs[0]
     out_win = cone.need[out]
     out_lab = cone.labels[out]
-    full_out = ir.shapes[out]
     args = []
     for pos, i in enumerate(node.ins):
         v = read(i)
         if (idx, pos) in cone.req:
-            want = _clip(cone.req[(idx, pos)], cone.labels[i], ir.shapes[i])
+            want = clip(cone.req[(idx, pos)], cone.labels[i], ir.shapes[i])
             v = _slice_to(v, cone.need[i], want, cone.labels[i])
-        elif name in _ELEMENTWISE or name == "concatenate":
-            v = _slice_const(v, out_win, out_lab, full_out)
+        elif rule.slice_consts:
+            v = _slice_const(v, out_win, out_lab, ir.shapes[out])
         args.append(v)
-    p = dict(node.params)
-    if name == "relu":
+    if node.name == "relu":
         return jax.nn.relu(args[0])
-    if name == "conv_general_dilated":
-        i = node.ins[0]
-        lab = cone.labels[i]
-        dn = p["dimension_numbers"]
-        lsp = list(dn.lhs_spec[2:])
-        rshape = _shape(ir, node.ins[1])
-        pad = list(p["padding"])
-        for k, ((a, b), d) in enumerate(zip(_clip(cone.req[(idx, 0)], lab, ir.shapes[i]), lab,
-                                            strict=True)):
-            j = lsp.index(d)
-            q0, q1 = _conv_span(p, j, rshape[dn.rhs_spec[2 + j]], out_win[k])
-            ld = p["lhs_dilation"][j]
-            # The window's first/last elements sit at a*ld and (b-1)*ld of the (dilated)
-            # input; pad so that the first output reads q0 and the last reads up to q1.
-            pad[j] = (a * ld - q0, q1 - (b - 1) * ld)
-        p["padding"] = tuple(pad)
-    elif name.startswith("reduce_window"):
-        pad = list(p["padding"])
-        for d, lo, hi in _edge_padding(cone, ir, idx, node):
-            pad[d] = (lo, hi)
-        p["padding"] = tuple(pad)
-    elif name == "pad":
-        cfg = list(p["padding_config"])
-        for d, lo, hi in _edge_padding(cone, ir, idx, node):
-            cfg[d] = (lo, hi, 0)
-        p["padding_config"] = tuple(cfg)
-    elif name == "slice":
-        lab = cone.labels[node.ins[0]]
-        start, limit = list(p["start_indices"]), list(p["limit_indices"])
-        for (a, b), d in zip(cone.req[(idx, 0)], lab, strict=True):
-            start[d], limit[d] = 0, b - a
-        p["start_indices"], p["limit_indices"] = tuple(start), tuple(limit)
-    elif name == "broadcast_in_dim":
-        shape = list(p["shape"])
-        for (a, b), d in zip(out_win, out_lab, strict=True):
-            shape[d] = b - a
-        p["shape"] = tuple(shape)
-    elif name == "reshape":
-        sizes = list(p["new_sizes"])
-        for (a, b), d in zip(out_win, out_lab, strict=True):
-            sizes[d] = b - a
-        p["new_sizes"] = tuple(sizes)
+    p = node.params if rule.params is None else rule.params(cone, idx, node, out_win, out_lab)
     return node.prim.bind(*args, **p)
-
 
 
 def cone_plan(closed, unit: tuple[int, ...]) -> CropPlan:
@@ -578,38 +337,45 @@ def cone_plan(closed, unit: tuple[int, ...]) -> CropPlan:
 # --------------------------------------------------------------------------------------------
 
 
-def plan_crop(entry: dict, res: Any, spec: Any, x_aval, out_shape, crop: str):
+def plan_crop(entry: callables.CacheEntry, res: callables.Resolved, unit: tuple[int, ...],
+              output: Any, x_aval: jax.ShapeDtypeStruct, crop: str):
     """``(mode, plan)`` for :func:`rfjax.erf`: ``"cone"``, ``"input"`` or ``"none"``.
 
-    Cached in ``entry`` (the per-function compile cache) per unit, output and shapes.
-    """
-    from rfjax.erf import _dyn_sig, select_output
+    Args:
+      entry, res: the function's cache entry and resolved form (:mod:`rfjax.callables`).
+      unit: the output unit; output: the output selection (:func:`select_output`).
+      x_aval: the input batch's shape and dtype; crop: ``"auto"``, ``"cone"`` or ``"input"``.
 
-    key = ("crop-plan", crop, spec.unit, spec.output, x_aval.shape[1:], str(x_aval.dtype),
-           _dyn_sig(res.dyn))
-    if key in entry:
-        return entry[key]
+    Cached in ``entry`` per unit, output and shapes.
+    """
+    sig = callables.signature(res.dyn)
+    key = (crop, unit, output, x_aval.shape[1:], str(x_aval.dtype), sig)
+    if key in entry.plans:
+        return entry.plans[key]
     one = jax.ShapeDtypeStruct((1, *x_aval.shape[1:]), x_aval.dtype)
     spatial = tuple(x_aval.shape[1:-1])
     result = ("none", None)
     reason = None
-    # The jaxpr does not depend on the unit: traced once per function and shape (with the
-    # parameters as arguments, so the cached jaxpr holds none of their values).
-    shape_key = (spec.output, x_aval.shape[1:], str(x_aval.dtype), _dyn_sig(res.dyn))
+
+    def selected(d, x):
+        return select_output(res.rebuild(d)(x), output)
+
     if crop in ("auto", "cone"):
         try:
-            if ("jaxpr",) + shape_key not in entry:
-                entry[("jaxpr",) + shape_key] = jax.make_jaxpr(
-                    lambda d, x: select_output(res.rebuild(d)(x), spec.output))(res.dyn, one)
-            plan = cone_plan(entry[("jaxpr",) + shape_key], spec.unit)
+            # The jaxpr does not depend on the unit: traced once per function and shape (with
+            # the parameters as arguments, so the cached jaxpr holds none of their values).
+            closed = entry.get("jaxprs", (output, x_aval.shape[1:], str(x_aval.dtype), sig),
+                               lambda: jax.make_jaxpr(selected)(res.dyn, one))
+            plan = cone_plan(closed, unit)
             if tuple(plan.window) != tuple((0, s) for s in spatial) or crop == "cone":
                 result = ("cone", plan)
         except Unsupported as e:
             reason = str(e)
     if result[0] == "none" and crop in ("auto", "cone", "input"):
         try:  # (not cached: a TRF holds the traced parameters as constants)
-            win = input_window(_trf(res, spec, one), spec.unit, spatial)
-        except Exception as e:  # no TRF for this fn: nothing to crop by
+            t = trf(functools.partial(selected, res.dyn), one)
+            win = input_window(t, unit, spatial)
+        except (TRFError, TypeError, ValueError) as e:  # no TRF for this fn: nothing to crop by
             win, reason = None, f"{reason or ''} {type(e).__name__}: {e}".strip()
         if win is not None:
             result = ("input", CropPlan(win[0], win[1], None))
@@ -619,21 +385,5 @@ def plan_crop(entry: dict, res: Any, spec: Any, x_aval, out_shape, crop: str):
     elif crop == "input" and result[0] != "input":
         warnings.warn(f"rfjax.erf: no input window to crop ({reason}); evaluating the whole "
                       "input", stacklevel=4)
-    entry[key] = result
+    entry.plans[key] = result
     return result
-
-
-def _trf(res, spec, one):
-    try:
-        from rfjax.trf import trf
-    except ImportError as e:
-        raise Unsupported("rfjax.trf is not available") from e
-    from rfjax.erf import select_output
-
-    dyn = res.dyn
-
-    def f(x):
-        return select_output(res.rebuild(dyn)(x), spec.output)
-
-    return trf(f, one)
-

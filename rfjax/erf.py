@@ -54,19 +54,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import itertools
 import os
 import sys
 import warnings
-import weakref
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rfjax import callables
+from rfjax.callables import InputTypeError
+from rfjax.selection import check_unit, select_output
 
 __all__ = [
     "ERF",
@@ -84,13 +86,6 @@ REDUCTIONS = ("abs", "grad", "relu", "square")
 CONVENTIONS = ("paper", "replknet", "openerf")
 CROPS = ("auto", "cone", "input", "none")
 METHODS = ("vjp", "vmap")
-
-
-class InputTypeError(TypeError, ValueError):
-    """A wrong *type* of argument (non-callable ``fn``, non-float input).
-
-    Subclasses both ``TypeError`` and ``ValueError`` so that either ``except`` catches it.
-    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,190 +162,6 @@ def erf_merge(a: ERF, b: ERF) -> ERF:
         per = jnp.concatenate([a.per_image, b.per_image], axis=0)
     crop = a.crop if a.crop == b.crop else f"{a.crop}+{b.crop}"
     return ERF(new_map, n, a.nonfinite + b.nonfinite, a.unit, per, a.reduce, a.convention, crop)
-
-
-# --------------------------------------------------------------------------------------------
-# Resolving fn into (cache owner, static key, rebuild(dyn) -> callable, dyn arrays)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Resolved:
-    owner: Any  # object whose lifetime bounds the cache entry (weakly referenced)
-    key: Hashable  # static part of the cache key
-    rebuild: Callable[[Any], Callable]  # rebuild(dyn) -> the callable; holds owner weakly
-    dyn: Any  # pytree of arrays, passed to the jitted function as arguments
-
-
-def _is_array(leaf: Any) -> bool:
-    return isinstance(leaf, (jax.Array, np.ndarray)) and not isinstance(leaf, np.generic)
-
-
-def _hashable(obj: Any) -> bool:
-    try:
-        hash(obj)
-    except TypeError:
-        return False
-    return True
-
-
-def _split_pytree(tree: Any):
-    """Split a pytree into (static key, dynamic array leaves, merge(dyn) -> tree)."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    mask = tuple(_is_array(v) for v in leaves)
-    statics = tuple(v for v, m in zip(leaves, mask, strict=True) if not m)
-    dyn = [v for v, m in zip(leaves, mask, strict=True) if m]
-    key = (treedef, statics, mask)
-
-    def merge(dyn_leaves):
-        it = iter(dyn_leaves)
-        st = iter(statics)
-        return jax.tree_util.tree_unflatten(treedef, [next(it) if m else next(st) for m in mask])
-
-    return key, dyn, merge
-
-
-def _weak(obj: Any) -> Callable[[], Any]:
-    """A weak reference to ``obj`` (a ``WeakMethod`` for bound methods)."""
-    if inspect.ismethod(obj):
-        return weakref.WeakMethod(obj)
-    return weakref.ref(obj)
-
-
-def _deref(ref: Callable[[], Any]) -> Any:
-    obj = ref()
-    if obj is None:  # only possible if the cache outlived its owner, which finalize prevents
-        raise RuntimeError("the function of a cached ERF computation was garbage-collected")
-    return obj
-
-
-def _resolve(fn: Any) -> _Resolved:
-    """How to call ``fn`` from a jitted function with its arrays as arguments."""
-    if not callable(fn):
-        raise InputTypeError(f"fn must be callable (a function of one array), got {type(fn)}")
-    if isinstance(fn, functools.partial):
-        base = _resolve(fn.func)
-        pkey, pdyn, pmerge = _split_pytree((fn.args, fn.keywords))
-        if _hashable(pkey):
-
-            def rebuild_partial(dyn, _b=base.rebuild, _m=pmerge):
-                args, kwargs = _m(dyn[1])
-                return functools.partial(_b(dyn[0]), *args, **kwargs)
-
-            return _Resolved(
-                base.owner, ("partial", base.key, pkey), rebuild_partial, (base.dyn, pdyn)
-            )
-    nnx_module = _nnx_module_type()
-    if nnx_module is not None and isinstance(fn, nnx_module):
-        from flax import nnx
-
-        graphdef, state = nnx.split(fn)
-        if _hashable(graphdef):
-            return _Resolved(
-                type(fn), ("nnx", graphdef), lambda st, _g=graphdef: nnx.merge(_g, st), state
-            )
-    if inspect.ismethod(fn):
-        ref = weakref.WeakMethod(fn)
-        return _Resolved(fn.__self__, ("method", fn.__func__), lambda dyn: _deref(ref), ())
-    leaves = jax.tree_util.tree_leaves(fn)
-    if not (len(leaves) == 1 and leaves[0] is fn) and any(_is_array(v) for v in leaves):
-        # A pytree callable (an Equinox module): its arrays become jit arguments.
-        tkey, tdyn, tmerge = _split_pytree(fn)
-        if _hashable(tkey):
-            return _Resolved(type(fn), ("pytree", tkey), tmerge, tdyn)
-    try:
-        ref = _weak(fn)
-    except TypeError:  # not weakly referenceable: cache strongly on the object itself
-        return _Resolved(None, ("strong", fn), lambda dyn: fn, ())
-    return _Resolved(fn, ("fn",), lambda dyn: _deref(ref), ())
-
-
-@functools.cache
-def _nnx_module_type():
-    try:
-        from flax import nnx
-    except ImportError:  # pragma: no cover - flax is a dependency, nnx may move
-        return None
-    return nnx.Module
-
-
-# The compile cache: id(owner) -> (weak ref to owner, {static key: entry dict}). Entries are
-# removed by weakref.finalize when the owner dies, so caching never keeps a model alive.
-_CACHE: dict[int, tuple[Any, dict]] = {}
-_STRONG_CACHE: dict[Hashable, dict] = {}
-
-
-def _cache_entry(res: _Resolved) -> dict:
-    if res.owner is None:
-        if not _hashable(res.key):
-            return {}
-        return _STRONG_CACHE.setdefault(res.key, {})
-    oid = id(res.owner)
-    slot = _CACHE.get(oid)
-    if slot is None or slot[0]() is not res.owner:
-        try:
-            ref = weakref.ref(res.owner)
-        except TypeError:
-            return _STRONG_CACHE.setdefault((res.owner, res.key), {})
-        slot = (ref, {})
-        _CACHE[oid] = slot
-        weakref.finalize(res.owner, _CACHE.pop, oid, None)
-    return slot[1].setdefault(res.key, {})
-
-
-def cache_size() -> int:
-    """Number of live cached function entries (for tests and diagnostics)."""
-    return sum(len(s[1]) for s in _CACHE.values()) + len(_STRONG_CACHE)
-
-
-# --------------------------------------------------------------------------------------------
-# Output selection
-# --------------------------------------------------------------------------------------------
-
-
-def select_output(out: Any, output: Any) -> Any:
-    """Pick the array whose unit is differentiated from ``fn``'s output.
-
-    ``output`` is ``None`` (the output itself, which must be an array), an ``int`` (index
-    into a tuple output such as ``(out, intermediates)``), a ``"/"``-separated path (dict
-    keys, sequence indices, attributes; e.g. ``"1/block2/conv"``), or a callable
-    ``output(out) -> array``. A path that ends on a Flax ``capture_intermediates`` node
-    (``{"__call__": (value,)}``) or a ``sow`` tuple takes its last value.
-    """
-    if output is None:
-        node = out
-    elif callable(output):
-        node = output(out)
-    elif isinstance(output, int):
-        node = out[output]
-    elif isinstance(output, str):
-        node = out
-        for part in [p for p in output.split("/") if p]:
-            node = _lookup(node, part, output)
-    else:
-        raise InputTypeError(
-            f"output must be None, an int, a path string or a callable, got {output!r}"
-        )
-    while True:
-        if isinstance(node, Mapping) and "__call__" in node:
-            node = node["__call__"]
-        elif isinstance(node, (tuple, list)) and node and not hasattr(node, "_fields"):
-            node = node[-1]
-        else:
-            break
-    return node
-
-
-def _lookup(node: Any, part: str, path: str) -> Any:
-    if isinstance(node, Mapping):
-        if part in node:
-            return node[part]
-        raise ValueError(f"output path {path!r}: no key {part!r}; keys are {sorted(node)}")
-    if isinstance(node, Sequence) and part.lstrip("-").isdigit():
-        return node[int(part)]
-    if hasattr(node, part):
-        return getattr(node, part)
-    raise ValueError(f"output path {path!r}: cannot look up {part!r} in {type(node).__name__}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,28 +403,24 @@ def _check_options(reduce, convention, crop, method, channels):
     return reduce, channels
 
 
-def _output_shape(entry: dict, res: _Resolved, output: Any, x_aval) -> tuple[int, ...]:
-    key = ("eval_shape", output, x_aval.shape, x_aval.dtype, _dyn_sig(res.dyn))
-    if key not in entry:
-        out = jax.eval_shape(lambda d, x: select_output(res.rebuild(d)(x), output), res.dyn, x_aval)
+def _output_shape(entry: callables.CacheEntry, res: callables.Resolved, output: Any,
+                  x_aval) -> tuple[int, ...]:
+    def make():
+        out = jax.eval_shape(lambda d, x: select_output(res.rebuild(d)(x), output), res.dyn,
+                             x_aval)
         if not hasattr(out, "shape"):
             raise ValueError(
                 f"fn's output is a {type(out).__name__}, not an array; select the array with "
                 "output= (an index, a path like '1/block2' or a callable)"
             )
-        entry[key] = tuple(out.shape)
-    return entry[key]
+        return tuple(out.shape)
+
+    key = (output, x_aval.shape, x_aval.dtype, callables.signature(res.dyn))
+    return entry.get("shapes", key, make)
 
 
-def _dyn_sig(dyn: Any) -> Hashable:
-    leaves, treedef = jax.tree_util.tree_flatten(dyn)
-    return treedef, tuple(
-        (tuple(np.shape(v)), str(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype))
-        for v in leaves
-    )
-
-
-def _check_unit(unit, out_shape, n: int) -> tuple[int, ...]:
+def _unit_of(unit, out_shape: tuple[int, ...], n: int) -> tuple[int, ...]:
+    """The unit of an ``(N, *spatial, C)`` output of a batch of ``n`` images (default centre)."""
     if len(out_shape) < 3:
         raise ValueError(
             f"fn's output has shape {out_shape}: it needs (N, *spatial, C) with at least one "
@@ -624,13 +431,7 @@ def _check_unit(unit, out_shape, n: int) -> tuple[int, ...]:
             f"fn's output has leading size {out_shape[0]} for a batch of {n} images; the "
             "first axis of input and output must be the batch axis"
         )
-    spatial = out_shape[1:-1]
-    if unit is None:
-        return tuple(s // 2 for s in spatial)
-    unit = tuple(int(u) for u in np.atleast_1d(unit))
-    if len(unit) != len(spatial) or any(not 0 <= u < s for u, s in zip(unit, spatial, strict=True)):
-        raise ValueError(f"unit {unit} is outside the output's spatial shape {spatial}")
-    return unit
+    return check_unit(unit, out_shape[1:-1], centre=True)
 
 
 def erf(
@@ -692,7 +493,7 @@ def erf(
       InputTypeError: (a ``TypeError`` and ``ValueError``) a non-callable ``fn``, a non-float
         input.
     """
-    res = _resolve(fn)
+    res = callables.resolve(fn)
     reduce, channels = _check_options(reduce, convention, crop, method, channels)
     devices = jax.devices()
     ndev = len(devices) if shard else 1
@@ -706,7 +507,7 @@ def erf(
     if first is None:
         raise ValueError("x is an empty iterable: no batches to average over")
     _check_batch(first, "batch 0")
-    entry = _cache_entry(res)
+    entry = callables.cache_entry(res)
     spec, mode, plan = _plan(entry, res, first[:1], unit, reduce, channels, convention, output,
                              crop, per_image, method, verify)
     if batch_size is None:
@@ -758,9 +559,8 @@ def _chunk_fn(entry, res, spec, mode, plan, chunk):
     # Uncropped, the unit is an argument: keyed by the number of unit axes, not their values.
     skey = dataclasses.replace(spec, unit=len(spec.unit)) if mode == "none" else spec
     fkey = ("chunk", skey, mode, plan, chunk.shape, str(chunk.dtype))
-    if fkey not in entry:
-        entry[fkey] = _make_chunk_fn(res.rebuild, spec, mode, plan, tuple(chunk.shape[1:-1]))
-    return entry[fkey]
+    return entry.get("compiled", fkey, lambda: _make_chunk_fn(res.rebuild, spec, mode, plan,
+                                                              tuple(chunk.shape[1:-1])))
 
 
 def _plan(entry, res, chunk, unit, reduce, channels, convention, output, crop, per_image,
@@ -772,25 +572,25 @@ def _plan(entry, res, chunk, unit, reduce, channels, convention, output, crop, p
     """
     x_aval = jax.ShapeDtypeStruct(chunk.shape, chunk.dtype)
     out_shape = _output_shape(entry, res, output, x_aval)
-    unit = _check_unit(unit, out_shape, chunk.shape[0])
+    unit = _unit_of(unit, out_shape, chunk.shape[0])
     spec = _Spec(unit, channels, reduce, convention, output, method, per_image)
     spatial = tuple(chunk.shape[1:-1])
     mode, plan = "none", None
     if crop != "none":
         from rfjax import cone
 
-        mode, plan = cone.plan_crop(entry, res, spec, x_aval, out_shape, crop)
+        mode, plan = cone.plan_crop(entry, res, spec.unit, output, x_aval, crop)
     if mode != "none" and verify:
         # Once per plan: whether a crop is exact is structural (it depends on the graph, not
         # on weight values), so later calls with the same function and shapes reuse the
         # outcome instead of paying an uncropped gradient each time.
         vkey = ("verified", spec, mode, plan, x_aval.shape[1:], str(x_aval.dtype))
-        if vkey in entry:
-            mode, plan = entry[vkey]
+        if vkey in entry.verified:
+            mode, plan = entry.verified[vkey]
         else:
             mode, plan, checked = _verify(entry, res, spec, mode, plan, chunk, spatial)
             if checked:
-                entry[vkey] = (mode, plan)
+                entry.verified[vkey] = (mode, plan)
     return spec, mode, plan
 
 
@@ -806,9 +606,9 @@ def _verify(entry, res, spec, mode, plan, chunk, spatial):
     grads = {}
     for m, p in ((mode, plan), ("none", None)):
         key = ("grad", spec, m, p, x1.shape, str(x1.dtype))
-        if key not in entry:
-            entry[key] = _make_full_grad_fn(res.rebuild, spec, m, p, spatial)
-        grads[m] = np.asarray(entry[key](res.dyn, x1))
+        f = entry.get("compiled", key,
+                      lambda m=m, p=p: _make_full_grad_fn(res.rebuild, spec, m, p, spatial))
+        grads[m] = np.asarray(f(res.dyn, x1))
     a, b = grads[mode], grads["none"]
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return mode, plan, False  # nothing to compare on a non-finite image
@@ -919,19 +719,20 @@ def erf_weight_draws(
     reduce, channels = _check_options(reduce, convention, "none", method, channels)
     x = _as_batch(x, "image")
     _check_batch(x, "x")
-    res = _resolve(apply_fn)
-    entry = _cache_entry(res)
-    key = ("draws-shape", init_fn, output, x.shape, str(x.dtype), keys.shape[1:], keys.dtype)
-    if key not in entry:
+    res = callables.resolve(apply_fn)
+    entry = callables.cache_entry(res)
+    def out_shape():
         params0 = jax.eval_shape(init_fn, keys[0])
         out = jax.eval_shape(
             lambda d, p, xx: select_output(res.rebuild(d)(p, xx), output), res.dyn, params0, x
         )
-        entry[key] = tuple(getattr(out, "shape", ()))
-    unit = _check_unit(unit, entry[key], x.shape[0])
+        return tuple(getattr(out, "shape", ()))
+
+    key = ("draws", init_fn, output, x.shape, str(x.dtype), keys.shape[1:], keys.dtype)
+    unit = _unit_of(unit, entry.get("shapes", key, out_shape), x.shape[0])
     spec = _Spec(unit, channels, reduce, convention, output, method, False)
     fkey = ("draws", init_fn, spec, x.shape, str(x.dtype))
-    if fkey not in entry:
+    if fkey not in entry.compiled:
         rebuild = res.rebuild
 
         def run(dyn, keys, x):
@@ -944,8 +745,8 @@ def erf_weight_draws(
 
             return jax.vmap(one)(keys)
 
-        entry[fkey] = jax.jit(run)
-    sums, counts, bads = entry[fkey](res.dyn, keys, x)
+        entry.compiled[fkey] = jax.jit(run)
+    sums, counts, bads = entry.compiled[fkey](res.dyn, keys, x)
     per_draw = sums / jnp.where(counts > 0, counts, jnp.nan).reshape((-1,) + (1,) * (x.ndim - 2))
     ok = counts > 0
     mean = jnp.where(ok.reshape(per_draw.shape[:1] + (1,) * (per_draw.ndim - 1)), per_draw, 0)

@@ -1,7 +1,7 @@
 """The theoretical receptive field (TRF) of any JAX function, exact for every output unit.
 
 ``rfjax.trf(fn, x)`` traces ``fn`` to a jaxpr and propagates, primitive by primitive, which input
-positions each output position can depend on (see :mod:`rfjax._propagate`). The answer is
+positions each output position can depend on (see :mod:`rfjax.engine`). The answer is
 structural: it depends on the architecture (kernels, strides, dilations, padding, the graph),
 never on weight values or activations.
 
@@ -32,14 +32,23 @@ from typing import Any
 import jax
 import numpy as np
 
-from rfjax import _propagate as P
+from rfjax.engine import (
+    Context,
+    DynamicDependencyError,
+    Info,
+    Row,
+    TRFError,
+    UnsupportedPrimitiveError,
+    backward,
+    bshape,
+    empty_info,
+    forward,
+)
+from rfjax.engine.fields import estimate_slopes
+from rfjax.selection import check_unit, select_output
 
 __all__ = ["TRF", "LayerRF", "trf", "TRFError", "UnsupportedPrimitiveError",
            "DynamicDependencyError", "BatchCouplingWarning"]
-
-TRFError = P.TRFError
-UnsupportedPrimitiveError = P.UnsupportedPrimitiveError
-DynamicDependencyError = P.DynamicDependencyError
 
 _MASK_CHUNK = 256
 
@@ -128,25 +137,7 @@ class TRF:
     # ---------------------------------------------------------------- per unit
 
     def _check_unit(self, unit: Sequence[int]) -> tuple[int, ...]:
-        if not self.output_shape:
-            raise ValueError(
-                f"the output of fn has shape {self._out_shape_full}, with no spatial axis "
-                "(expected (N, *spatial, C)); a unit, region or mask is only defined for "
-                "outputs with spatial axes. Pick an inner feature map instead.")
-        try:
-            unit = tuple(int(u) for u in unit)
-        except TypeError:
-            unit = (int(unit),)  # type: ignore[arg-type]
-        if len(unit) != len(self.output_shape):
-            raise ValueError(
-                f"unit {unit} has {len(unit)} indices but the output has "
-                f"{len(self.output_shape)} spatial axes (spatial shape {self.output_shape})")
-        for u, n in zip(unit, self.output_shape, strict=True):
-            if not 0 <= u < n:
-                raise ValueError(
-                    f"unit {unit} is outside the output's spatial shape {self.output_shape} "
-                    "(indices must satisfy 0 <= u < size)")
-        return unit
+        return check_unit(unit, self.output_shape)
 
     def region(self, unit: Sequence[int]) -> tuple[tuple[int, int], ...]:
         """Per input spatial axis ``(start, stop)``, inclusive and unclipped.
@@ -190,7 +181,7 @@ class TRF:
             for q, u in enumerate(chunk):
                 # image 0, every channel (trailing axis); a scalar output is its own unit
                 m[(q, 0) + u if shape else (q,)] = True
-            inm = P.backward(self._tape, self._jaxpr, [m])[0]
+            inm = backward(self._tape, self._jaxpr, [m])[0]
             if inm is None:
                 res.append(np.zeros((len(chunk),) + self.input_shape, dtype=bool))
             else:
@@ -249,28 +240,11 @@ def _example_spec(x: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
 
 
-def _select(out: Any, output: int | str | None) -> Any:
-    if output is None:
-        leaves = jax.tree_util.tree_leaves(out)
-        if hasattr(out, "shape"):
-            return out
-        if len(leaves) == 1:
-            return leaves[0]
-        raise ValueError(
-            f"fn returned a {type(out).__name__} of {len(leaves)} arrays; pass output=<index "
-            "or key> to say which one to analyse")
-    if isinstance(output, str):
-        if not isinstance(out, dict) or output not in out:
-            raise ValueError(f"output={output!r}: fn's output has no such key")
-        return out[output]
-    return out[output]
-
-
 def _is_arraylike(leaf: Any) -> bool:
     return hasattr(leaf, "shape") and hasattr(leaf, "dtype")
 
 
-def _abstract_arguments(fn: Callable, output: int | str | None):
+def _abstract_arguments(fn: Callable, output: Any):
     """Trace ``functools.partial(f, params, ...)`` with its array arguments as abstract jaxpr
     inputs: no weights are embedded as constants (faster for big models), and parameters may
     be given as ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape(model.init, ...)``)."""
@@ -286,17 +260,17 @@ def _abstract_arguments(fn: Callable, output: int | str | None):
                 for i, a in zip(which, arrays, strict=True):
                     full[i] = a
                 args, kwargs = jax.tree_util.tree_unflatten(tree, full)
-                return _select(fn.func(*args, inp, **kwargs), output)
+                return select_output(fn.func(*args, inp, **kwargs), output)
 
             return g, specs
 
     def g1(inp):
-        return _select(fn(inp), output)
+        return select_output(fn(inp), output)
 
     return g1, []
 
 
-def trf(fn: Callable[[Any], Any], x: Any, *, output: int | str | None = None) -> TRF:
+def trf(fn: Callable[[Any], Any], x: Any, *, output: Any = None) -> TRF:
     """The theoretical receptive field of ``fn`` at inputs shaped like ``x``.
 
     Args:
@@ -305,8 +279,9 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: int | str | None = None) ->
             module, an Equinox module wrapped for a batch (``jax.vmap(model)``).
         x: an example input ``(N, *spatial, C)`` with 1-3 spatial axes (an array, a
             ``jax.ShapeDtypeStruct`` or a shape tuple); only its shape and dtype are used.
-        output: when ``fn`` returns several arrays (``(out, intermediates)``), which one
-            (an index, or a key of a dict output).
+        output: when ``fn`` returns several arrays (``(out, intermediates)``), which one:
+            an index, a ``"/"``-separated path of keys, or a callable (see
+            :func:`rfjax.selection.select_output`; the same convention as :func:`rfjax.erf`).
 
     Returns:
         A :class:`TRF`: the closed form (``size``, ``stride``, ``padding``), ``aligned``,
@@ -350,25 +325,25 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: int | str | None = None) ->
         s = np.zeros(nd)
         s[a] = 1.0
         slope.append(s)
-    rows: list[P.Row] = []
-    ctx = P._Ctx(k + 1, rows)
+    rows: list[Row] = []
+    ctx = Context(k + 1, rows)
     n_extra = len(extra)
-    out_infos, _, _, tape = P.forward(jaxpr, closed.consts,
-                                      [P.Info(lo, hi, slope)] + [None] * n_extra,
+    out_infos, _, _, tape = forward(jaxpr, closed.consts,
+                                      [Info(lo, hi, slope)] + [None] * n_extra,
                                       [None] * (1 + n_extra), [False] * (1 + n_extra), ctx)
     out_aval = jaxpr.outvars[0].aval
     out_shape = tuple(getattr(out_aval, "shape", ()))
     info = out_infos[0]
     in_sp = tuple(spec.shape[1:-1])
     if info is None:
-        info = P._empty_like_info(k + 1, len(out_shape))
+        info = empty_info(k + 1, len(out_shape))
     has_batch = len(out_shape) >= 1 and out_shape[0] == N
     sp_out = tuple(out_shape[1:-1]) if len(out_shape) >= 2 else ()
     # Unit arrays: image 0, min/max over the channel axis -> shape sp_out.
     Lu, Hu = [], []
     for a in range(k + 1):
-        L = np.broadcast_to(P._bshape(info.lo[a], len(out_shape)), out_shape)
-        H = np.broadcast_to(P._bshape(info.hi[a], len(out_shape)), out_shape)
+        L = np.broadcast_to(bshape(info.lo[a], len(out_shape)), out_shape)
+        H = np.broadcast_to(bshape(info.hi[a], len(out_shape)), out_shape)
         if len(out_shape) >= 2:
             L, H = L[0].min(axis=-1), H[0].max(axis=-1)
         elif len(out_shape) == 1:
@@ -377,8 +352,8 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: int | str | None = None) ->
         Hu.append(np.asarray(H, dtype=float))
     batch_coupled = False
     if has_batch:
-        L0 = np.broadcast_to(P._bshape(info.lo[0], len(out_shape)), out_shape)
-        H0 = np.broadcast_to(P._bshape(info.hi[0], len(out_shape)), out_shape)
+        L0 = np.broadcast_to(bshape(info.lo[0], len(out_shape)), out_shape)
+        H0 = np.broadcast_to(bshape(info.hi[0], len(out_shape)), out_shape)
         idx = np.arange(N).reshape((N,) + (1,) * (len(out_shape) - 1))
         fin = np.isfinite(L0)
         batch_coupled = bool(np.any(fin & ((L0 != idx) | (H0 != idx))))
@@ -444,7 +419,7 @@ def _closed_form(L: np.ndarray, H: np.ndarray, slopes: np.ndarray, n: int,
         if j < len(slopes) and slopes[j] != 0:
             return float(slopes[j])
         if L.shape[j] >= 2:
-            return float(P.estimate_slopes(np.where(fin, L, np.inf), L.shape)[j])
+            return float(estimate_slopes(np.where(fin, L, np.inf), L.shape)[j])
         return float(slopes[j])
 
     j = max(moves, key=lambda jj: abs(jump(jj)))
@@ -459,7 +434,7 @@ def _closed_form(L: np.ndarray, H: np.ndarray, slopes: np.ndarray, n: int,
     return size, stride, padding, False, aligned
 
 
-def _layer_rows(rows: list[P.Row], in_sp: tuple[int, ...]) -> list[LayerRF]:
+def _layer_rows(rows: list[Row], in_sp: tuple[int, ...]) -> list[LayerRF]:
     out = []
     prev = None
     for r in rows:
@@ -485,9 +460,9 @@ def _layer_rows(rows: list[P.Row], in_sp: tuple[int, ...]) -> list[LayerRF]:
     return out
 
 
-def _var_summary(info: P.Info, a: int, shape, n: int):
-    L = P._bshape(info.lo[a], len(shape))
-    H = P._bshape(info.hi[a], len(shape))
+def _var_summary(info: Info, a: int, shape, n: int):
+    L = bshape(info.lo[a], len(shape))
+    H = bshape(info.hi[a], len(shape))
     ext = H - L + 1
     fin = np.isfinite(ext)
     if not fin.any():

@@ -354,7 +354,7 @@ def test_the_compile_cache_does_not_keep_a_model_alive():
     import gc
     import weakref
 
-    from rfjax.erf import cache_size
+    from rfjax.callables import cache_size
 
     model = LinenNet()
     x = jnp.ones((1, 8, 8, 3))

@@ -1,0 +1,151 @@
+"""The forward interpreter: walks a jaxpr, evaluates what is fixed by the program, applies
+each input-dependent equation's TRF rule from the registry, and records the backward tape."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from jax.extend import core as jcore
+
+from rfjax.engine import constants, registry
+from rfjax.engine.errors import UnsupportedPrimitiveError, name_of, source_line
+from rfjax.engine.fields import Context, Info, Row, Tape, estimate_slopes
+from rfjax.engine.rules.control import join_names, sub_jaxpr
+
+
+class Env:
+    """Variable environment: forward infos, concrete values, purity of concrete values, and
+    why a value could not be computed (reported if something later needs it)."""
+
+    def __init__(self):
+        self.info: dict = {}
+        self.val: dict = {}
+        self.pure: dict = {}
+        self.why: dict = {}
+
+    def read_info(self, v):
+        if isinstance(v, jcore.Literal):
+            return None
+        return self.info.get(v)
+
+    def read_val(self, v):
+        if isinstance(v, jcore.Literal):
+            return np.asarray(v.val)
+        return self.val.get(v)
+
+    def is_pure(self, v) -> bool:
+        if isinstance(v, jcore.Literal):
+            return True
+        return self.pure.get(v, False)
+
+
+def _run_call(ctx: Context):
+    """Evaluate a call primitive's body with the NumPy evaluator (no tracked input)."""
+
+    def run(eqn, vals):
+        jaxpr, consts = sub_jaxpr(eqn)
+        sub = Context(0, None, ctx.forward)
+        _, outs, _, _ = forward(jaxpr, consts, [None] * len(vals), list(vals),
+                                [True] * len(vals), sub)
+        return outs
+
+    return run
+
+
+def _evaluate_constant(eqn, env: Env, ctx: Context) -> None:
+    """Store the concrete outputs of an input-independent equation when they are fixed by the
+    program (pure) or are indices (integer/boolean) that a later rule may need."""
+    vals = [env.read_val(v) for v in eqn.invars]
+    if any(v is None for v in vals) or eqn.primitive.name in constants.NO_EVAL:
+        return
+    pure = all(env.is_pure(v) for v in eqn.invars)
+    if not (pure or any(constants.is_intlike(o.aval) for o in eqn.outvars)):
+        return
+    try:
+        outs = constants.evaluate(eqn, vals, _run_call(ctx))
+    except constants.ConstantEvaluationError as e:
+        for o in eqn.outvars:
+            env.why[o] = str(e)
+        return
+    for o, val in zip(eqn.outvars, outs, strict=True):
+        env.val[o] = val
+        env.pure[o] = pure
+
+
+def _refine_slopes(eqn, out_infos) -> None:
+    """Where an axis has >= 2 elements its jump is read off the arrays themselves; the
+    rule's value is kept for size-1 axes (needed to extrapolate into padding there) and
+    where the arrays agree with it up to rounding (e.g. 1/2 after a transposed conv)."""
+    for o, i in zip(eqn.outvars, out_infos, strict=True):
+        if i is None:
+            continue
+        shape = tuple(o.aval.shape)
+        big = np.array([n >= 2 for n in shape], dtype=bool)
+        n = np.maximum(np.array(shape, dtype=float) - 1, 1)
+        for a in range(i.naxes):
+            s = np.asarray(i.slope[a], dtype=float)
+            if s.shape != (len(shape),):
+                s = np.zeros(len(shape))
+            est = estimate_slopes(i.lo[a], shape)
+            keep = (s != 0) & (np.abs(s - est) * n <= 1.0)
+            i.slope[a] = np.where(big & ~keep, est, s)
+
+
+def forward(jaxpr: jcore.Jaxpr, consts: Sequence[Any], in_infos: Sequence[Info | None],
+            in_vals: Sequence[Any], in_pure: Sequence[bool], ctx: Context, prefix: str = ""):
+    """Run the forward pass over ``jaxpr``.
+
+    Args:
+      jaxpr, consts: the program and its constants.
+      in_infos: per invar, its :class:`Info` if it depends on the input, else ``None``.
+      in_vals, in_pure: per invar, its concrete value (or ``None``: unknown, e.g. a weight)
+        and whether that value is fixed by the program.
+      ctx: the analysis context (tracked axes, table rows).
+      prefix: the name-stack prefix of the enclosing call (for table rows).
+
+    Returns ``(out_infos, out_vals, out_pure, tape)``.
+    """
+    if ctx.forward is None:
+        ctx.forward = forward
+    env = Env()
+    for v, c in zip(jaxpr.constvars, consts, strict=True):
+        env.val[v] = c
+        env.pure[v] = False
+    for v, i, c, p in zip(jaxpr.invars, in_infos, in_vals, in_pure, strict=True):
+        if i is not None:
+            env.info[v] = i
+        elif c is not None:
+            env.val[v] = c
+            env.pure[v] = p
+    tape = Tape([])
+    for eqn in jaxpr.eqns:
+        infos = [env.read_info(v) for v in eqn.invars]
+        if not any(i is not None for i in infos):
+            _evaluate_constant(eqn, env, ctx)
+            continue
+        rule = registry.lookup(eqn.primitive.name)
+        if rule is None:
+            raise UnsupportedPrimitiveError(
+                f"rfjax.trf has no rule for the primitive '{eqn.primitive.name}' at "
+                f"{source_line(eqn)}, which lies on the path from the input to the output. "
+                "Open an issue with this primitive, or express the operation with supported "
+                "primitives (convolutions, pooling, elementwise ops, dot_general, reshapes, "
+                "static gathers)."
+            )
+        out_infos, bwd = rule.trf(eqn, infos, env, ctx, prefix)
+        _refine_slopes(eqn, out_infos)
+        for o, i in zip(eqn.outvars, out_infos, strict=True):
+            if i is not None and not isinstance(o, jcore.DropVar):
+                env.info[o] = i
+        tape.entries.append((eqn.invars, eqn.outvars, bwd))
+        if ctx.rows is not None and rule.row:
+            for o, i in zip(eqn.outvars, out_infos, strict=True):
+                if i is not None:
+                    ctx.rows.append(Row(join_names(prefix, name_of(eqn)), source_line(eqn),
+                                        eqn.primitive.name, tuple(o.aval.shape), i))
+    out_infos = [env.read_info(v) for v in jaxpr.outvars]
+    out_vals = [env.read_val(v) if env.read_info(v) is None else None for v in jaxpr.outvars]
+    out_pure = [env.is_pure(v) for v in jaxpr.outvars]
+    return out_infos, out_vals, out_pure, tape

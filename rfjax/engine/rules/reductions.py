@@ -1,0 +1,264 @@
+"""Reductions, scans along an axis, sorting, top-k and ``dot_general`` (dense layers,
+attention, and constant matrices such as ``jax.image.resize``'s interpolation weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rfjax.engine.cone_ir import Unsupported, is_dependent
+from rfjax.engine.fields import INF, Info, bshape, combine, estimate_slopes, materialize
+from rfjax.engine.records import ConeRule, PrimitiveRule
+
+
+def reduce_rule(eqn, infos, env, ctx, prefix):
+    axes = tuple(eqn.params["axes"])
+    in_shape = tuple(eqn.invars[0].aval.shape)
+    op_i = infos[0]
+    n = len(in_shape)
+    keep = [j for j in range(n) if j not in axes]
+    out = Info([bshape(x, n).min(axis=axes) for x in op_i.lo],
+               [bshape(x, n).max(axis=axes) for x in op_i.hi],
+               [np.asarray(s)[keep] for s in op_i.slope])
+
+    def bwd(oms):
+        m = oms[0]
+        m = np.expand_dims(m, tuple(1 + a for a in axes))
+        return [np.broadcast_to(m, (m.shape[0],) + in_shape).copy()]
+
+    return [out], bwd
+
+
+def cumulative_rule(eqn, infos, env, ctx, prefix):
+    axis = eqn.params["axis"]
+    rev = eqn.params["reverse"]
+    shape = tuple(eqn.invars[0].aval.shape)
+    op_i = infos[0]
+    n = len(shape)
+
+    def acc(A, op):
+        A = bshape(A, n)
+        if A.shape[axis] == 1:
+            return A
+        if rev:
+            return np.flip(op.accumulate(np.flip(A, axis), axis=axis), axis)
+        return op.accumulate(A, axis=axis)
+
+    out = Info([acc(x, np.minimum) for x in op_i.lo], [acc(x, np.maximum) for x in op_i.hi],
+               list(op_i.slope))
+
+    def bwd(oms):
+        m = oms[0]
+        ax = axis + 1
+        # out j depends on in i <= j (forward); so in i is needed if any out j >= i.
+        if rev:
+            r = np.logical_or.accumulate(m, axis=ax)
+        else:
+            r = np.flip(np.logical_or.accumulate(np.flip(m, ax), axis=ax), ax)
+        return [r]
+
+    return [out], bwd
+
+
+def sort_rule(eqn, infos, env, ctx, prefix):
+    """Every output depends on every operand along the sorted dimension."""
+    dim = eqn.params["dimension"]
+    shape = tuple(eqn.invars[0].aval.shape)
+    n = len(shape)
+    each = []
+    for i in infos:
+        if i is None:
+            continue
+        each.append(Info([bshape(x, n).min(axis=dim, keepdims=True) for x in i.lo],
+                         [bshape(x, n).max(axis=dim, keepdims=True) for x in i.hi],
+                         list(i.slope)))
+    out = combine(each, n, ctx.naxes)
+
+    def bwd(oms):
+        m = None
+        for o in oms:
+            if o is not None:
+                m = o if m is None else (m | o)
+        r = np.broadcast_to(m.any(axis=dim + 1, keepdims=True), m.shape).copy()
+        return [r if i is not None else None for i in infos]
+
+    return [out] * len(eqn.outvars), bwd
+
+
+def top_k_rule(eqn, infos, env, ctx, prefix):
+    shape = tuple(eqn.invars[0].aval.shape)
+    op_i = infos[0]
+    n = len(shape)
+    out = Info([bshape(x, n).min(axis=-1, keepdims=True) for x in op_i.lo],
+               [bshape(x, n).max(axis=-1, keepdims=True) for x in op_i.hi], list(op_i.slope))
+
+    def bwd(oms):
+        m = None
+        for o in oms:
+            if o is not None:
+                m = o if m is None else (m | o)
+        anyk = m.any(axis=-1, keepdims=True)
+        return [np.broadcast_to(anyk, (m.shape[0],) + shape).copy()]
+
+    return [out, out], bwd
+
+
+def dot_general_rule(eqn, infos, env, ctx, prefix):
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    lhs_shape = tuple(eqn.invars[0].aval.shape)
+    rhs_shape = tuple(eqn.invars[1].aval.shape)
+    out_shape = tuple(eqn.outvars[0].aval.shape)
+    nl, nr, no = len(lhs_shape), len(rhs_shape), len(out_shape)
+    lfree = [d for d in range(nl) if d not in lc and d not in lb]
+    rfree = [d for d in range(nr) if d not in rc and d not in rb]
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    lsub = [""] * nl
+    rsub = [""] * nr
+    for dl, dr in zip(lb, rb, strict=True):
+        c = next(letters)
+        lsub[dl] = rsub[dr] = c
+    for dl, dr in zip(lc, rc, strict=True):
+        c = next(letters)
+        lsub[dl] = rsub[dr] = c
+    for d in lfree:
+        lsub[d] = next(letters)
+    for d in rfree:
+        rsub[d] = next(letters)
+    osub = [lsub[d] for d in lb] + [lsub[d] for d in lfree] + [rsub[d] for d in rfree]
+    ls, rs, os_ = "".join(lsub), "".join(rsub), "".join(osub)
+    lhs_i, rhs_i = infos
+    # The zero pattern of an operand fixed by the program (e.g. resize's interpolation matrix)
+    # is architecture; a weight's is not.
+    nz = [None, None]
+    for k, i in enumerate(infos):
+        other = 1 - k
+        val = env.read_val(eqn.invars[other])
+        if i is not None and infos[other] is None and val is not None and env.is_pure(
+                eqn.invars[other]):
+            nz[other] = np.asarray(val) != 0
+
+    def fwd_side(info, sub, shape, other_nz, other_sub):
+        lo, hi, slope = [], [], []
+        for a in range(ctx.naxes):
+            res = []
+            for arr, is_lo in ((info.lo[a], True), (info.hi[a], False)):
+                A = materialize(arr, shape) if other_nz is not None else bshape(arr,
+                                                                                  len(shape))
+                if other_nz is None:
+                    # dense: reduce contracted dims, keep the rest (size-1 where compact)
+                    red = tuple(d for d, c in enumerate(sub) if c not in os_)
+                    A = A.min(axis=red) if is_lo else A.max(axis=red)
+                    kept = "".join(c for c in sub if c in os_)
+                    shp = [A.shape[kept.index(c)] if c in kept else 1 for c in os_]
+                    A = np.transpose(A, [kept.index(c) for c in os_ if c in kept]).reshape(shp)
+                else:
+                    A = _sparse_minplus(A, sub, other_nz, other_sub, os_, is_lo)
+                res.append(A)
+            s = np.zeros(no)
+            for j, c in enumerate(os_):
+                if c in sub:
+                    s[j] = info.slope[a][sub.index(c)]
+            lo.append(res[0])
+            hi.append(res[1])
+            slope.append(s)
+        return Info(lo, hi, slope)
+
+    outs = []
+    if lhs_i is not None:
+        outs.append(fwd_side(lhs_i, ls, lhs_shape, nz[1], rs))
+    if rhs_i is not None:
+        outs.append(fwd_side(rhs_i, rs, rhs_shape, nz[0], ls))
+    out = combine(outs, no, ctx.naxes)
+    if nz[0] is not None or nz[1] is not None:
+        for a in range(ctx.naxes):
+            est = estimate_slopes(out.lo[a], out_shape)
+            out.slope[a] = np.where(out.slope[a] == 0, est, out.slope[a])
+
+    def bwd_side(m, sub, shape, other_nz, other_sub):
+        q = "Q"
+        if other_nz is None:
+            # dense: any over the other operand's free dims, broadcast over contraction
+            red = tuple(1 + j for j, c in enumerate(os_) if c not in sub)
+            r = m.any(axis=red) if red else m
+            kept = "".join(c for c in os_ if c in sub)
+            shp = [m.shape[0]] + [r.shape[1 + kept.index(c)] if c in kept else 1 for c in sub]
+            r = np.transpose(r, [0] + [1 + kept.index(c) for c in sub if c in kept])
+            return np.broadcast_to(r.reshape(shp), (m.shape[0],) + shape).copy()
+        r = np.einsum(f"{q}{os_},{other_sub}->{q}{sub}", m.astype(np.float32),
+                      other_nz.astype(np.float32))
+        return r > 0
+
+    def bwd(oms):
+        m = oms[0]
+        res = [None, None]
+        if lhs_i is not None:
+            res[0] = bwd_side(m, ls, lhs_shape, nz[1], rs)
+        if rhs_i is not None:
+            res[1] = bwd_side(m, rs, rhs_shape, nz[0], ls)
+        return res
+
+    return [out], bwd
+
+
+def _sparse_minplus(A, sub, other_nz, other_sub, os_, is_lo):
+    """min_c where(nz) of A over contracted dims, with A full-shape (exact for fixed zeros)."""
+    allsub = "".join(dict.fromkeys(sub + other_sub))
+    # Broadcast both to the union of subscripts, mask, reduce contracted ones.
+    def expand(x, s):
+        shp = [x.shape[s.index(c)] if c in s else 1 for c in allsub]
+        return np.transpose(x, [s.index(c) for c in allsub if c in s]).reshape(shp)
+
+    Ae = expand(A, sub)
+    Ne = expand(other_nz, other_sub)
+    fill = INF if is_lo else -INF
+    V = np.where(Ne, Ae, fill)
+    red = tuple(j for j, c in enumerate(allsub) if c not in os_)
+    V = V.min(axis=red) if is_lo else V.max(axis=red)
+    kept = "".join(c for c in allsub if c in os_)
+    return np.transpose(V, [kept.index(c) for c in os_])
+
+
+# ---- the cone ------------------------------------------------------------------------------
+
+
+def _reduce_labels(ir, node, dep, labels):
+    axes = node.params["axes"]
+    lab = labels[node.ins[0]]
+    if any(d in axes for d in lab):
+        raise Unsupported(f"{node.name} over a spatial axis (a global operation)")
+    return tuple(d - sum(1 for a in axes if a < d) for d in lab)
+
+
+def _dot_general_labels(ir, node, dep, labels):
+    (lc, rc), (lb, rb) = node.params["dimension_numbers"]
+    ldep, rdep = is_dependent(dep, node.ins[0]), is_dependent(dep, node.ins[1])
+    if ldep and rdep:
+        raise Unsupported("dot_general of two input-dependent operands (attention)")
+    lshape, rshape = ir.shape(node.ins[0]), ir.shape(node.ins[1])
+    free_l = [d for d in range(len(lshape)) if d not in lc and d not in lb]
+    if ldep:
+        lab = labels[node.ins[0]]
+        if any(d in lc or d in lb for d in lab):
+            raise Unsupported("dot_general contracting a spatial axis")
+        return tuple(len(lb) + free_l.index(d) for d in lab)
+    lab = labels[node.ins[1]]
+    free = [d for d in range(len(rshape)) if d not in rc and d not in rb]
+    if any(d in rc or d in rb for d in lab):
+        raise Unsupported("dot_general contracting a spatial axis")
+    return tuple(len(rb) + len(free_l) + free.index(d) for d in lab)
+
+
+_REDUCE_CONE = ConeRule(_reduce_labels)
+_REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and",
+               "reduce_or", "argmax", "argmin")
+
+RULES = [
+    PrimitiveRule(n, reduce_rule, _REDUCE_CONE, row=n not in ("reduce_and", "reduce_or"))
+    for n in _REDUCTIONS
+] + [
+    PrimitiveRule("reduce_xor", reduce_rule),
+    PrimitiveRule("sort", sort_rule, row=True),
+    PrimitiveRule("top_k", top_k_rule, row=True),
+    PrimitiveRule("dot_general", dot_general_rule,
+                  ConeRule(_dot_general_labels), row=True),
+] + [PrimitiveRule(n, cumulative_rule, row=True)
+     for n in ("cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp")]
