@@ -8,7 +8,13 @@ without TensorFlow), ``rfjax.train`` (optax training with orbax checkpoints),
 """
 
 from rfjax import metrics, theory
-from rfjax.calculator import CalculatorResult, LayerSpec, receptive_field
+from rfjax.calculator import (
+    CalculatorResult,
+    LayerSpec,
+    receptive_field,
+    receptive_interval,
+    receptive_size,
+)
 from rfjax.erf import ERF, InputTypeError, erf, erf_intermediate, erf_merge, erf_weight_draws
 from rfjax.trf import (
     TRF,
@@ -39,6 +45,8 @@ __all__ = [
     "erf_weight_draws",
     "metrics",
     "receptive_field",
+    "receptive_interval",
+    "receptive_size",
     "theory",
     "trf",
 ]

@@ -36,6 +36,10 @@ contribute, ``g`` is close to Gaussian and ``E|g| ~ sqrt(2 / pi) sqrt(E[g^2])`` 
 channel, whose sigma is ``sqrt(2)`` times that of ``E[g^2]`` (an approximation, not used by
 the functions here).
 
+The jumps and TRF sizes are those of ``rfjax.calculator`` (the one implementation of the
+textbook recurrences in rfjax; ``jumps`` and ``stack_trf_size`` are thin wrappers over
+``rfjax.calculator.receptive_field``, whose ``CalculatorResult.jumps`` are the ``J_l`` above).
+
 All functions run on the host in NumPy (exact int64 arithmetic for integer taps, float64
 otherwise) and return NumPy arrays; they are oracles and predictions, not traced code. Map
 index 0 along each axis is the first pixel of the TRF window (row first).
@@ -50,6 +54,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import signal
+
+from rfjax.calculator import LayerSpec, receptive_field
 
 __all__ = [
     "DepthScaling",
@@ -241,15 +247,12 @@ def dilate_taps(taps: ArrayLike, dilation: int | Sequence[int]) -> np.ndarray:
 
 def jumps(strides: Sequence[int | Sequence[int]], ndim: int = 2) -> list[tuple[int, ...]]:
     """Per-layer jumps ``J_l = s_1 ... s_{l-1}`` (input pixels between neighbouring units of
-    layer ``l - 1``), one tuple per axis and layer; ``J_1 = 1``."""
+    layer ``l - 1``), one tuple per axis and layer; ``J_1 = 1``. By
+    ``rfjax.calculator.receptive_field`` (``CalculatorResult.jumps``)."""
     if not isinstance(strides, (tuple, list)) or not strides:
         raise ValueError(f"strides must be a non-empty per-layer sequence, got {strides!r}")
     ss = _per_layer(list(strides), len(strides), ndim, "strides")
-    out, j = [], (1,) * ndim
-    for s in ss:
-        out.append(j)
-        j = tuple(a * b for a, b in zip(j, s, strict=True))
-    return out
+    return list(receptive_field([LayerSpec(stride=s) for s in ss], ndim=ndim).jumps)
 
 
 def _upsampled(kernels, strides, dilations) -> list[np.ndarray]:
@@ -390,7 +393,7 @@ def stack_trf_size(
 ) -> np.ndarray:
     """Per-axis TRF size ``1 + sum_l (k_l - 1) d_l J_l`` of a chain of conv layers (int64
     ``(ndim,)``); the support of ``linear_stack_erf``. ``kernel_sizes``: one int or per-axis
-    tuple per layer."""
+    tuple per layer. By ``rfjax.calculator.receptive_field``."""
     if not isinstance(kernel_sizes, (tuple, list)) or not kernel_sizes:
         raise ValueError(f"kernel_sizes must be a non-empty per-layer sequence, got "
                          f"{kernel_sizes!r}")
@@ -398,10 +401,8 @@ def stack_trf_size(
     ks = _per_layer(list(kernel_sizes), n, ndim, "kernel_sizes")
     ss = _per_layer(strides, n, ndim, "strides")
     ds = _per_layer(dilations, n, ndim, "dilations")
-    size = np.ones(ndim, np.int64)
-    for k, d, j in zip(ks, ds, jumps(ss, ndim), strict=True):
-        size += (np.asarray(k) - 1) * np.asarray(d) * np.asarray(j)
-    return size
+    chain = [LayerSpec(k, s, 0, d) for k, s, d in zip(ks, ss, ds, strict=True)]
+    return np.array(receptive_field(chain, ndim=ndim).size, np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -438,5 +439,7 @@ def depth_scaling(
     nf = n.astype(np.float64)
     sigma = np.sqrt(nf * var)
     erf = 4.0 * sigma
-    trf = nf * (k - 1) + 1.0
+    # identical stride-1 layers: each adds the growth of one layer (by the calculator)
+    growth = receptive_field([LayerSpec(k)], ndim=1).size[0] - 1
+    trf = nf * growth + 1.0
     return DepthScaling(depth=n, sigma=sigma, erf_size=erf, trf_size=trf, ratio=erf / trf)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rfjax.calculator import LayerSpec, receptive_interval, receptive_size
 from rfjax.models.camvid import (
     CAMVID_LAYERS,
     CAMVID_TRF,
@@ -19,15 +20,24 @@ from rfjax.models.cifar import (
     CifarNet,
     CifarResNet,
 )
-from rfjax.models.recurrence import LayerSpec, receptive_interval, trf_by_recurrence
+
+
+def _interval(chain, q):
+    """One axis: the (lo, hi) input interval of output unit q."""
+    return receptive_interval(chain, q, ndim=1)[0]
+
+
+def _size(chain):
+    """One axis: the widest receptive field over output positions."""
+    return receptive_size(chain, ndim=1)[0]
 
 
 def _conv3(n):
-    return [LayerSpec(f"c{i}", kernel=3) for i in range(n)]
+    return [LayerSpec(3, 1, "SAME", name=f"c{i}") for i in range(n)]
 
 
 def _pool():
-    return LayerSpec("p", kernel=2, stride=2)
+    return LayerSpec(2, 2, "VALID", name="p")
 
 
 def test_recurrence_textbook_vgg16():
@@ -36,51 +46,53 @@ def test_recurrence_textbook_vgg16():
     for n in (2, 2, 3, 3):
         chain += _conv3(n) + [_pool()]
     chain += _conv3(3)
-    assert trf_by_recurrence(chain) == 196
-    assert trf_by_recurrence(chain + [_pool()]) == 212
+    assert _size(chain) == 196
+    assert _size(chain + [_pool()]) == 212
 
 
 def test_recurrence_dilation_and_upsampling():
-    assert trf_by_recurrence([LayerSpec("a", kernel=3, dilation=4)]) == 9
+    assert _size([LayerSpec(3, 1, "SAME", 4, name="a")]) == 9
     # Stride 2, then upsampling by 2 restores the jump: a following 3x3 adds 2, not 4.
-    chain = [LayerSpec("s", kernel=2, stride=2), LayerSpec("u", upsample=2),
-             LayerSpec("c", kernel=3)]
-    assert trf_by_recurrence(chain) == 2 + 2
+    chain = [LayerSpec(2, 2, "VALID", name="s"), LayerSpec(name="u", upsample=2),
+             LayerSpec(3, 1, "SAME", name="c")]
+    assert _size(chain) == 2 + 2
     # Hand-computed intervals: after a 2x upsampling, a 3x3 convolution at fine position q
     # reads fine q-1..q+1, i.e. coarse floor((q-1)/2)..floor((q+1)/2): 2 coarse units.
-    up = [LayerSpec("u", upsample=2), LayerSpec("c", kernel=3)]
-    assert receptive_interval(up, 0) == (-1, 0)
-    assert receptive_interval(up, 1) == (0, 1)
+    up = [LayerSpec(name="u", upsample=2), LayerSpec(3, 1, "SAME", name="c")]
+    assert _interval(up, 0) == (-1, 0)
+    assert _interval(up, 1) == (0, 1)
     # Two 3x3 after the upsampling: fine q-2..q+2 -> 3 coarse units at every position.
-    up2 = [*up, LayerSpec("c2", kernel=3)]
-    assert [receptive_interval(up2, q) for q in (0, 1)] == [(-1, 1), (-1, 1)]
+    up2 = [*up, LayerSpec(3, 1, "SAME", name="c2")]
+    assert [_interval(up2, q) for q in (0, 1)] == [(-1, 1), (-1, 1)]
     # Below a coarse 3x3 (jump 2 in fine units): widths 4 or 6 depending on the alignment.
-    chain = [LayerSpec("p", kernel=2, stride=2), *up]
-    assert [receptive_interval(chain, q) for q in (0, 1)] == [(-2, 1), (0, 3)]
-    assert trf_by_recurrence(chain) == 4
+    chain = [LayerSpec(2, 2, "VALID", name="p"), *up]
+    assert [_interval(chain, q) for q in (0, 1)] == [(-2, 1), (0, 3)]
+    assert _size(chain) == 4
     # SAME padding of an even kernel reads one more on the right (flax convention).
-    assert receptive_interval([LayerSpec("e", kernel=4)], 10) == (9, 12)
+    assert _interval([LayerSpec(4, 1, "SAME", name="e")], 10) == (9, 12)
 
 
 def test_recurrence_errors():
     with pytest.raises(ValueError, match="empty"):
-        trf_by_recurrence([])
+        receptive_size([])
     with pytest.raises(ValueError, match="kernel must be an int >= 1"):
-        LayerSpec("bad", kernel=0)
+        LayerSpec(0, name="bad")
     with pytest.raises(ValueError, match="upsampling layer"):
-        LayerSpec("bad", kernel=3, upsample=2)
-    with pytest.raises(TypeError, match="expected LayerSpec"):
-        trf_by_recurrence([(3, 1)])
+        LayerSpec(3, name="bad", upsample=2)
+    # tuples are LayerSpec fields (LayerSpec(*t)); anything else is refused
+    with pytest.raises(TypeError, match="must be a LayerSpec"):
+        receptive_size([object()])
 
 
 def test_cifar_trf_is_74():
     assert CIFAR_TRF == 74
-    assert trf_by_recurrence(CIFAR_LAYERS) == 74
+    assert receptive_size(CIFAR_LAYERS) == (74, 74)
 
 
 def test_camvid_trf_stated():
-    assert CAMVID_TRF == trf_by_recurrence(CAMVID_LAYERS) == 164
-    widths = [np.subtract(*receptive_interval(CAMVID_LAYERS, q)[::-1]) + 1 for q in range(16)]
+    assert CAMVID_TRF == _size(CAMVID_LAYERS) == 164
+    assert receptive_size(CAMVID_LAYERS) == (164, 164)
+    widths = [np.subtract(*_interval(CAMVID_LAYERS, q)[::-1]) + 1 for q in range(16)]
     assert widths == [156, 156, 164, 164, 164, 164, 156, 156] * 2
 
 
@@ -180,8 +192,7 @@ def test_cifar_gradient_support_is_the_trf():
         return model.apply(variables, x, method=CifarNet.features)[0, 8, 5].sum()
 
     chain = [s for s in CIFAR_LAYERS]
-    lo_r, hi_r = receptive_interval(chain, 8)
-    lo_c, hi_c = receptive_interval(chain, 5)
+    (lo_r, hi_r), (lo_c, hi_c) = receptive_interval(chain, (8, 5))
     assert hi_r - lo_r + 1 == CIFAR_TRF
     assert _support_box(unit, (1, 128, 128, 3)) == (lo_r, hi_r, lo_c, hi_c)
 
@@ -194,8 +205,7 @@ def test_camvid_gradient_support_is_the_trf():
     def unit(x):
         return jnp.sum(model.apply(variables, x)[0, 100, 97])
 
-    lo_r, hi_r = receptive_interval(CAMVID_LAYERS, 100)
-    lo_c, hi_c = receptive_interval(CAMVID_LAYERS, 97)
+    (lo_r, hi_r), (lo_c, hi_c) = receptive_interval(CAMVID_LAYERS, (100, 97))
     assert (hi_r - lo_r + 1, hi_c - lo_c + 1) == (164, 156)
     assert _support_box(unit, (1, 200, 200, 3)) == (lo_r, hi_r, lo_c, hi_c)
 
@@ -231,7 +241,7 @@ def test_cifar_resnet_trf_is_74_by_engine_and_recurrence():
     t = rfjax.trf(functools.partial(model.apply, variables, method=CifarResNet.features),
                   (1, 32, 32, 3))
     assert t.size == (74, 74) and t.stride == (1, 1)
-    assert trf_by_recurrence(CIFAR_RESNET_LAYERS) == 74
+    assert receptive_size(CIFAR_RESNET_LAYERS) == (74, 74)
     # The chain lists the module's convolutions: the stem, then both of every block, in order.
     kernels = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"]):
@@ -258,8 +268,7 @@ def test_cifar_resnet_gradient_support_is_the_trf():
     def unit(x):
         return model.apply(variables, x, method=CifarResNet.features)[0, 48, 40].sum()
 
-    lo_r, hi_r = receptive_interval(list(CIFAR_RESNET_LAYERS), 48)
-    lo_c, hi_c = receptive_interval(list(CIFAR_RESNET_LAYERS), 40)
+    (lo_r, hi_r), (lo_c, hi_c) = receptive_interval(list(CIFAR_RESNET_LAYERS), (48, 40))
     assert (lo_r, hi_r) == (48 - 36, 48 + 37)
     assert _support_box(unit, (1, 96, 96, 3)) == (lo_r, hi_r, lo_c, hi_c)
 

@@ -11,7 +11,7 @@ Theoretical receptive field: the longest path is the full encoder-bottleneck-dec
 (``CAMVID_LAYERS``; the skip paths see less). The textbook recurrence ``r += (k-1)*d*j;
 j *= s`` gives 36 after pool3 (jump 8) and 132 after the dilated bottleneck. The decoder's
 upsamplings make the rest depend on the output position (two neighbouring fine units share one
-coarse unit), so ``rfjax.models.recurrence.receptive_interval`` runs the recurrence with exact
+coarse unit), so ``rfjax.calculator.receptive_interval`` runs the recurrence with exact
 intervals per position: an output unit whose row (column) index is 2, 3, 4 or 5 modulo 8 sees
 164 rows (columns), the others 156, so ``CAMVID_TRF == 164`` pixels (the maximum; for an
 unbounded input - the 180x240 CamVid copy is smaller than that vertically).
@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rfjax.models.recurrence import LayerSpec, trf_by_recurrence
+from rfjax.calculator import LayerSpec, receptive_size
 
 NUM_CAMVID_CLASSES = 11
 #: The network's total subsampling: H and W must be multiples of this.
@@ -40,23 +40,24 @@ CAMVID_MULTIPLE = 8
 
 
 def _conv_pair(prefix: str, dilations: tuple[int, int] = (1, 1)) -> tuple[LayerSpec, ...]:
-    return tuple(LayerSpec(f"{prefix}_{i + 1}", kernel=3, dilation=d)
+    return tuple(LayerSpec(3, 1, "SAME", d, name=f"{prefix}_{i + 1}")
                  for i, d in enumerate(dilations))
 
 
 CAMVID_LAYERS: tuple[LayerSpec, ...] = (
-    *_conv_pair("enc1"), LayerSpec("pool1", kernel=2, stride=2),
-    *_conv_pair("enc2"), LayerSpec("pool2", kernel=2, stride=2),
-    *_conv_pair("enc3"), LayerSpec("pool3", kernel=2, stride=2),
+    *_conv_pair("enc1"), LayerSpec(2, 2, "VALID", name="pool1"),
+    *_conv_pair("enc2"), LayerSpec(2, 2, "VALID", name="pool2"),
+    *_conv_pair("enc3"), LayerSpec(2, 2, "VALID", name="pool3"),
     *_conv_pair("mid", (2, 4)),
-    LayerSpec("up3", upsample=2), *_conv_pair("dec3"),
-    LayerSpec("up2", upsample=2), *_conv_pair("dec2"),
-    LayerSpec("up1", upsample=2), *_conv_pair("dec1"),
-    LayerSpec("head", kernel=1),
+    LayerSpec(name="up3", upsample=2), *_conv_pair("dec3"),
+    LayerSpec(name="up2", upsample=2), *_conv_pair("dec2"),
+    LayerSpec(name="up1", upsample=2), *_conv_pair("dec1"),
+    LayerSpec(1, 1, "VALID", name="head"),
 )
 
-#: Theoretical receptive field (pixels) of an output unit, by the recurrence (longest path).
-CAMVID_TRF: int = trf_by_recurrence(CAMVID_LAYERS)
+#: Theoretical receptive field (pixels) of an output unit, by the recurrence (longest path; the
+#: widest over output positions; square layers: one axis).
+CAMVID_TRF: int = receptive_size(CAMVID_LAYERS, ndim=1)[0]
 
 
 class _ConvBN(nn.Module):

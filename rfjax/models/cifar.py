@@ -8,7 +8,7 @@ docstring).
 ``CifarNet`` is a VGG-style, fully convolutional network (3x3 convolutions, BatchNorm, ReLU,
 2x2 max-pooling) followed by global average pooling and one dense layer. Layer chain
 (``CIFAR_LAYERS``), with the textbook recurrence ``r += (k-1)*d*j; j *= s`` (see
-``rfjax.models.recurrence``):
+``rfjax.calculator``):
 
 =========  ======  ========  ====  ====  ==============
 layer      kernel  stride    r     j     output (32x32)
@@ -50,7 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rfjax.models.recurrence import LayerSpec, trf_by_recurrence
+from rfjax.calculator import LayerSpec, receptive_size
 
 #: Per stage: (number of 3x3 convolutions, width multiplier); stages are separated by pooling.
 _STAGES: tuple[tuple[int, int], ...] = ((1, 1), (2, 2), (3, 4), (2, 8))
@@ -59,13 +59,14 @@ CIFAR_LAYERS: tuple[LayerSpec, ...] = tuple(
     spec
     for s, (n_conv, _) in enumerate(_STAGES, start=1)
     for spec in (
-        *(LayerSpec(f"conv{s}_{i}", kernel=3) for i in range(1, n_conv + 1)),
-        *((LayerSpec(f"pool{s}", kernel=2, stride=2),) if s < len(_STAGES) else ()),
+        *(LayerSpec(3, 1, "SAME", name=f"conv{s}_{i}") for i in range(1, n_conv + 1)),
+        *((LayerSpec(2, 2, "VALID", name=f"pool{s}"),) if s < len(_STAGES) else ()),
     )
 )
 
-#: Theoretical receptive field of a unit of the last feature map, by the recurrence.
-CIFAR_TRF: int = trf_by_recurrence(CIFAR_LAYERS)
+#: Theoretical receptive field of a unit of the last feature map, by the recurrence (the layers
+#: are square: one axis).
+CIFAR_TRF: int = receptive_size(CIFAR_LAYERS, ndim=1)[0]
 
 
 class CifarNet(nn.Module):
@@ -127,8 +128,8 @@ class CifarNet(nn.Module):
 #: The longest input-to-output path of ``CifarResNet`` (the stem and both convolutions of every
 #: block; the identity shortcuts lie inside it): 1 + 5 + 17 * 2 * 2 = 74.
 CIFAR_RESNET_LAYERS: tuple[LayerSpec, ...] = (
-    LayerSpec("stem", kernel=6),
-    *(LayerSpec(f"block{b}_{i}", kernel=3) for b in range(1, 18) for i in (1, 2)),
+    LayerSpec(6, 1, "SAME", name="stem"),
+    *(LayerSpec(3, 1, "SAME", name=f"block{b}_{i}") for b in range(1, 18) for i in (1, 2)),
 )
 
 
