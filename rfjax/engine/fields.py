@@ -105,6 +105,17 @@ def materialize(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(bshape(arr, len(shape)), tuple(shape)))
 
 
+def compact(arr: np.ndarray) -> np.ndarray:
+    """``arr`` with size 1 along every axis it is constant on (it still broadcasts to the same
+    array): keeps the arrays small after an operation that had to materialise them."""
+    for j in range(arr.ndim):
+        if arr.shape[j] > 1:
+            first = arr[(slice(None),) * j + (slice(0, 1),)]
+            if np.array_equal(arr, np.broadcast_to(first, arr.shape)):
+                arr = first
+    return arr
+
+
 def estimate_slopes(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Jump of ``arr`` along each axis: the least-squares slope of its finite entries (exact
     for an affine axis; the average step of a staircase, e.g. after upsampling)."""

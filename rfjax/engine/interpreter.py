@@ -11,7 +11,7 @@ from jax.extend import core as jcore
 
 from rfjax.engine import constants, registry
 from rfjax.engine.errors import UnsupportedPrimitiveError, name_of, source_line
-from rfjax.engine.fields import Context, Info, Row, Tape, estimate_slopes
+from rfjax.engine.fields import Context, Info, Row, Tape, compact, estimate_slopes
 from rfjax.engine.rules.control import join_names, sub_jaxpr
 
 
@@ -75,7 +75,8 @@ def _evaluate_constant(eqn, env: Env, ctx: Context) -> None:
 
 
 def _refine_slopes(eqn, out_infos) -> None:
-    """Where an axis has >= 2 elements its jump is read off the arrays themselves; the
+    """Make the outputs' interval arrays compact and set their jumps. Where an axis has >= 2
+    elements its jump is read off the arrays themselves; the
     rule's value is kept for size-1 axes (needed to extrapolate into padding there) and
     where the arrays agree with it up to rounding (e.g. 1/2 after a transposed conv)."""
     for o, i in zip(eqn.outvars, out_infos, strict=True):
@@ -85,6 +86,7 @@ def _refine_slopes(eqn, out_infos) -> None:
         big = np.array([n >= 2 for n in shape], dtype=bool)
         n = np.maximum(np.array(shape, dtype=float) - 1, 1)
         for a in range(i.naxes):
+            i.lo[a], i.hi[a] = compact(i.lo[a]), compact(i.hi[a])
             s = np.asarray(i.slope[a], dtype=float)
             if s.shape != (len(shape),):
                 s = np.zeros(len(shape))

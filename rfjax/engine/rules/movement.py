@@ -1,20 +1,15 @@
-"""Data movement: broadcasting, transposition, reshapes, slices, concatenation, gathers and
-scatters with indices fixed by the program, and ``select_n``.
-
-The generic rule evaluates the primitive itself on arrays of element indices, so any static
-rearrangement is exact; indices that depend on runtime values are refused.
-"""
+"""Structural data movement: broadcasting, transposition, reshapes, squeezes, reversal,
+slices and concatenation. Each works on the compact interval arrays directly (no index
+tables), and its backward is the inverse rearrangement of the mask."""
 
 from __future__ import annotations
 
 import numpy as np
-from jax import lax
 
 from rfjax.engine.cone_ir import Unsupported
-from rfjax.engine.errors import DynamicDependencyError, UnsupportedPrimitiveError, source_line
-from rfjax.engine.fields import INF, Info, bshape, estimate_slopes, materialize
+from rfjax.engine.errors import DynamicDependencyError, source_line
+from rfjax.engine.fields import INF, Info, bshape
 from rfjax.engine.records import ConeRule, PrimitiveRule
-from rfjax.engine.rules.elementwise import ELEMENTWISE_CONE, elementwise_rule
 
 
 def broadcast_in_dim_rule(eqn, infos, env, ctx, prefix):
@@ -68,193 +63,148 @@ def transpose_rule(eqn, infos, env, ctx, prefix):
     return [out], bwd
 
 
-# ---- generic data movement: evaluate the primitive on index arrays --------------------------
-
-# For each data-movement primitive: which operands carry data (others are indices/params).
-_DATA_OPERANDS = {
-    "reshape": (0,), "squeeze": (0,), "rev": (0,), "slice": (0,), "concatenate": None,
-    "gather": (0,), "dynamic_slice": (0,), "dynamic_update_slice": (0, 1), "tile": (0,),
-    "stack": None, "split": (0,), "expand_dims": (0,), "unstack": (0,),
-}
+def _map_info(info: Info, fn, out_ndim: int, in_ndim: int) -> Info:
+    """Apply ``fn`` to every interval array (given rank ``in_ndim``); jumps are left to the
+    interpreter, which reads them off the arrays."""
+    lo = [fn(bshape(x, in_ndim)) for x in info.lo]
+    hi = [fn(bshape(x, in_ndim)) for x in info.hi]
+    return Info(lo, hi, [np.zeros(out_ndim) for _ in lo])
 
 
-def data_movement_rule(eqn, infos, env, ctx, prefix):
-    name = eqn.primitive.name
-    data_idx = _DATA_OPERANDS.get(name)
-    if data_idx is None:
-        data_idx = tuple(range(len(eqn.invars)))
-    args = []
-    sizes = []
-    offset = 0
-    data_infos = []
-    for k, v in enumerate(eqn.invars):
-        if k in data_idx:
-            shape = tuple(v.aval.shape)
-            size = int(np.prod(shape, dtype=np.int64))
-            args.append(np.arange(offset, offset + size, dtype=np.int32).reshape(shape))
-            sizes.append((offset, size, shape, infos[k]))
-            data_infos.append(infos[k])
-            offset += size
-        else:
-            if infos[k] is not None:
-                raise DynamicDependencyError(
-                    f"'{name}' at {source_line(eqn)} uses indices that depend on the input; "
-                    "its receptive field depends on runtime values, so rfjax.trf cannot give "
-                    "a static answer.")
-            val = env.read_val(v)
-            if val is None:
-                why = env.why.get(v)
-                raise DynamicDependencyError(
-                    f"'{name}' at {source_line(eqn)} uses indices computed from runtime values "
-                    "(e.g. parameters); the receptive field is not static."
-                    + (f" ({why})" if why else ""))
-            args.append(val)
-    params = dict(eqn.params)
-    if name == "gather" and "fill_value" in params:
-        params["fill_value"] = -1
-    res = eqn.primitive.bind(*args, **params)
-    srcs = [np.asarray(r) for r in (res if eqn.primitive.multiple_results else [res])]
-    # Full-size lookup tables per tracked axis over the concatenated index space.
-    tables_lo, tables_hi = [], []
-    for a in range(ctx.naxes):
-        lo_parts, hi_parts = [], []
-        for _off, size, shape, info in sizes:
-            if info is None:
-                lo_parts.append(np.full(size, INF))
-                hi_parts.append(np.full(size, -INF))
+def _reshape_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list, list]]:
+    """Split two shapes of equal size into consecutive groups of axes with equal products."""
+    groups, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        gi, gj, pa, pb = [], [], 1, 1
+        if i < len(a):
+            gi.append(i)
+            pa *= a[i]
+            i += 1
+        if j < len(b):
+            gj.append(j)
+            pb *= b[j]
+            j += 1
+        while pa != pb:
+            if pa < pb:
+                gi.append(i)
+                pa *= a[i]
+                i += 1
             else:
-                lo_parts.append(materialize(info.lo[a], shape).ravel())
-                hi_parts.append(materialize(info.hi[a], shape).ravel())
-        tables_lo.append(np.concatenate(lo_parts + [np.array([INF])]))
-        tables_hi.append(np.concatenate(hi_parts + [np.array([-INF])]))
-    outs = []
-    for src, ov in zip(srcs, eqn.outvars, strict=True):
-        idx = np.where((src >= 0) & (src < offset), src, offset)
-        shape = tuple(ov.aval.shape)
-        lo = [t[idx] for t in tables_lo]
-        hi = [t[idx] for t in tables_hi]
-        slope = [estimate_slopes(x, shape) for x in lo]
-        outs.append(Info(lo, hi, slope))
-
-    def bwd(oms):
-        flat = None
-        for m, src in zip(oms, srcs, strict=True):
-            if m is None:
-                continue
-            Q = m.shape[0]
-            if flat is None:
-                flat = np.zeros((Q, offset + 1), dtype=bool)
-            idx = np.where((src >= 0) & (src < offset), src, offset).ravel()
-            mm = m.reshape(Q, -1)
-            for q in range(Q):
-                flat[q, idx[mm[q]]] = True
-        res = [None] * len(eqn.invars)
-        j = 0
-        for k in range(len(eqn.invars)):
-            if k in data_idx:
-                off, size, shape, info = sizes[j]
+                gj.append(j)
+                pb *= b[j]
                 j += 1
-                if info is not None and flat is not None:
-                    res[k] = flat[:, off:off + size].reshape((flat.shape[0],) + shape)
-        return res
-
-    return outs, bwd
+        groups.append((gi, gj))
+    return groups
 
 
-def scatter_rule(eqn, infos, env, ctx, prefix):
-    """scatter / scatter-add / -mul / -min / -max / -sub with indices fixed by the program.
+def reshape_rule(eqn, infos, env, ctx, prefix):
+    """Reshape, on the compact arrays: a group of axes on which an array is constant stays
+    size 1; only the groups it varies on are broadcast and reshaped."""
+    in_shape = tuple(eqn.invars[0].aval.shape)
+    out_shape = tuple(eqn.params["new_sizes"])
+    perm = eqn.params.get("dimensions")
+    if perm is not None:  # reshape(x, dimensions=p) == reshape(transpose(x, p))
+        in_shape = tuple(in_shape[d] for d in perm)
+    groups = _reshape_groups(in_shape, out_shape)
 
-    Each output element depends on the update written to it and, unless a plain ``scatter``
-    overwrote it, on the operand element at the same place. Duplicate indices (several updates
-    landing on one element) are refused rather than approximated."""
-    name = eqn.primitive.name
-    op_v, idx_v, upd_v = eqn.invars[:3]
-    op_i, idx_i, upd_i = infos[:3]
-    if idx_i is not None or env.read_val(idx_v) is None:
-        raise DynamicDependencyError(
-            f"'{name}' at {source_line(eqn)} scatters to indices that depend on runtime values; "
-            "its receptive field is not static.")
-    idx = np.asarray(env.read_val(idx_v))
-    shape = tuple(op_v.aval.shape)
-    ushape = tuple(upd_v.aval.shape)
-    m = int(np.prod(ushape, dtype=np.int64))
-    kw = dict(dimension_numbers=eqn.params["dimension_numbers"],
-              indices_are_sorted=eqn.params["indices_are_sorted"],
-              unique_indices=eqn.params["unique_indices"], mode=eqn.params["mode"])
-    src = np.asarray(lax.scatter(np.full(shape, -1, np.int32), idx,
-                                 np.arange(m, dtype=np.int32).reshape(ushape), **kw))
-    count = np.asarray(lax.scatter_add(np.zeros(shape, np.int32), idx,
-                                       np.ones(ushape, np.int32), **kw))
-    if count.max(initial=0) > 1:
-        raise UnsupportedPrimitiveError(
-            f"'{name}' at {source_line(eqn)} writes several updates to one element (duplicate "
-            "indices); rfjax.trf does not support that case.")
-    written = src >= 0
-    keeps_operand = name != "scatter"
-    lo, hi, slope = [], [], []
-    for a in range(ctx.naxes):
-        L = np.full(shape, INF)
-        H = np.full(shape, -INF)
-        if op_i is not None:
-            opL, opH = materialize(op_i.lo[a], shape), materialize(op_i.hi[a], shape)
-            keep = ~written | keeps_operand
-            L = np.where(keep, opL, L)
-            H = np.where(keep, opH, H)
-        if upd_i is not None:
-            uL = materialize(upd_i.lo[a], ushape).ravel()
-            uH = materialize(upd_i.hi[a], ushape).ravel()
-            j = np.where(written, src, 0)
-            L = np.where(written, np.minimum(L, uL[j]), L)
-            H = np.where(written, np.maximum(H, uH[j]), H)
-        lo.append(L)
-        hi.append(H)
-        slope.append(estimate_slopes(L, shape))
+    def fn(A):
+        if perm is not None:
+            A = np.transpose(A, perm)
+        src, dst = [], []
+        for gi, gj in groups:
+            vary = any(A.shape[k] > 1 for k in gi)
+            src += [in_shape[k] if vary else 1 for k in gi]
+            dst += [out_shape[k] if vary else 1 for k in gj]
+        return np.broadcast_to(A, src).reshape(dst)
+
+    out = _map_info(infos[0], fn, len(out_shape), len(eqn.invars[0].aval.shape))
+    orig = tuple(eqn.invars[0].aval.shape)
+    inv = None if perm is None else tuple(int(i) for i in np.argsort(perm))
 
     def bwd(oms):
-        mo = oms[0]
-        res = [None] * len(eqn.invars)
-        if op_i is not None:
-            res[0] = mo if keeps_operand else mo & ~written[None]
-        if upd_i is not None:
-            Q = mo.shape[0]
-            flat = np.zeros((Q, m), dtype=bool)
-            pos = np.nonzero(written.ravel())[0]
-            flat[:, src.ravel()[pos]] = mo.reshape(Q, -1)[:, pos]
-            res[2] = flat.reshape((Q,) + ushape)
-        return res
+        m = oms[0].reshape((oms[0].shape[0],) + in_shape)
+        if inv is not None:
+            m = np.transpose(m, (0,) + tuple(1 + i for i in inv))
+        return [m.reshape((m.shape[0],) + orig)]
 
-    return [Info(lo, hi, slope)], bwd
+    return [out], bwd
 
 
-def select_n_rule(eqn, infos, env, ctx, prefix):
-    pred = eqn.invars[0]
-    pval = env.read_val(pred) if infos[0] is None else None
-    shape = tuple(eqn.outvars[0].aval.shape)
-    ndim = len(shape)
-    if pval is None:
-        return elementwise_rule(eqn, infos, env, ctx, prefix)
-    pval = np.broadcast_to(np.asarray(pval).astype(np.int64), shape)
-    cases = infos[1:]
-    lo, hi, slope = [], [], []
-    for a in range(ctx.naxes):
-        L = np.full(shape, INF)
-        H = np.full(shape, -INF)
-        for c, i in enumerate(cases):
-            if i is None:
-                continue
-            sel = pval == c
-            L = np.where(sel, bshape(i.lo[a], ndim), L)
-            H = np.where(sel, bshape(i.hi[a], ndim), H)
-        lo.append(L)
-        hi.append(H)
-        slope.append(estimate_slopes(L, shape))
+def squeeze_rule(eqn, infos, env, ctx, prefix):
+    dims = tuple(eqn.params["dimensions"])
+    in_shape = tuple(eqn.invars[0].aval.shape)
+    out = _map_info(infos[0], lambda A: np.squeeze(A, dims), len(in_shape) - len(dims),
+                    len(in_shape))
+    return [out], lambda oms: [oms[0].reshape((oms[0].shape[0],) + in_shape)]
+
+
+def expand_dims_rule(eqn, infos, env, ctx, prefix):
+    dims = tuple(eqn.params["dimensions"])
+    in_shape = tuple(eqn.invars[0].aval.shape)
+    out = _map_info(infos[0], lambda A: np.expand_dims(A, dims), len(in_shape) + len(dims),
+                    len(in_shape))
+    return [out], lambda oms: [oms[0].reshape((oms[0].shape[0],) + in_shape)]
+
+
+def rev_rule(eqn, infos, env, ctx, prefix):
+    dims = tuple(eqn.params["dimensions"])
+    n = len(eqn.invars[0].aval.shape)
+    out = _map_info(infos[0], lambda A: np.flip(A, tuple(d for d in dims if A.shape[d] > 1)),
+                    n, n)
+    return [out], lambda oms: [np.flip(oms[0], tuple(1 + d for d in dims))]
+
+
+def slice_rule(eqn, infos, env, ctx, prefix):
+    p = eqn.params
+    in_shape = tuple(eqn.invars[0].aval.shape)
+    n = len(in_shape)
+    strides = p["strides"] or (1,) * n
+    sl = tuple(slice(a, b, c) for a, b, c in zip(p["start_indices"], p["limit_indices"],
+                                                 strides, strict=True))
+
+    def fn(A):
+        return A[tuple(s if A.shape[j] > 1 else slice(None) for j, s in enumerate(sl))]
 
     def bwd(oms):
         m = oms[0]
-        return [None] + [(m & (pval == c)[None]) if i is not None else None
-                         for c, i in enumerate(cases)]
+        r = np.zeros((m.shape[0],) + in_shape, dtype=bool)
+        r[(slice(None),) + sl] = m
+        return [r]
 
-    return [Info(lo, hi, slope)], bwd
+    return [_map_info(infos[0], fn, n, n)], bwd
+
+
+def concatenate_rule(eqn, infos, env, ctx, prefix):
+    """Concatenation, keeping the interval arrays compact (size 1 where they do not vary)."""
+    d = eqn.params["dimension"]
+    shapes = [tuple(v.aval.shape) for v in eqn.invars]
+    out_shape = tuple(eqn.outvars[0].aval.shape)
+    ndim = len(out_shape)
+    lo, hi = [], []
+    for a in range(ctx.naxes):
+        varies = [False] * ndim
+        for i in infos:
+            if i is not None:
+                for arr in (i.lo[a], i.hi[a]):
+                    for j, n in enumerate(bshape(arr, ndim).shape):
+                        varies[j] |= n > 1
+        for side, fill, dst in (("lo", INF, lo), ("hi", -INF, hi)):
+            parts = []
+            for i, s in zip(infos, shapes, strict=True):
+                t = [s[j] if (varies[j] or j == d) else 1 for j in range(ndim)]
+                if i is None:
+                    parts.append(np.full(t, fill))
+                else:
+                    parts.append(np.broadcast_to(bshape(getattr(i, side)[a], ndim), t))
+            dst.append(np.concatenate(parts, axis=d))
+    bounds = np.cumsum([0] + [s[d] for s in shapes])
+
+    def bwd(oms):
+        m = oms[0]
+        return [None if i is None else np.take(m, range(bounds[k], bounds[k + 1]), axis=d + 1)
+                for k, i in enumerate(infos)]
+
+    return [Info(lo, hi, [np.zeros(ndim) for _ in lo])], bwd
 
 
 # ---- the cone ------------------------------------------------------------------------------
@@ -354,17 +304,15 @@ _CONE = {
     "concatenate": ConeRule(_concatenate_labels, slice_consts=True),
     "slice": ConeRule(_slice_labels, _slice_need, _slice_params),
 }
-_ROWS = {"gather", "dynamic_slice"}
 
 RULES = [
     PrimitiveRule("broadcast_in_dim", broadcast_in_dim_rule,
                   ConeRule(_broadcast_labels, params=_resize_params("shape"))),
     PrimitiveRule("transpose", transpose_rule, ConeRule(_transpose_labels)),
-    PrimitiveRule("select_n", select_n_rule, ELEMENTWISE_CONE),
-] + [PrimitiveRule(n, data_movement_rule, _CONE.get(n), row=n in _ROWS)
-     for n in _DATA_OPERANDS] + [
-    PrimitiveRule(n, scatter_rule)
-    for n in ("scatter", "scatter-add", "scatter_add", "scatter-mul", "scatter_mul",
-              "scatter-min", "scatter_min", "scatter-max", "scatter_max", "scatter-sub",
-              "scatter_sub")
+    PrimitiveRule("concatenate", concatenate_rule, _CONE["concatenate"]),
+    PrimitiveRule("reshape", reshape_rule, _CONE["reshape"]),
+    PrimitiveRule("squeeze", squeeze_rule, _CONE["squeeze"]),
+    PrimitiveRule("slice", slice_rule, _CONE["slice"]),
+    PrimitiveRule("expand_dims", expand_dims_rule),
+    PrimitiveRule("rev", rev_rule),
 ]
