@@ -201,6 +201,30 @@ def test_training_trains_then_reads_its_checkpoints(tmp_path, synthetic_data):
                                                    checkpoints=str(tmp_path / "none")))
 
 
+def test_training_runs_are_trainconfig_defaults_but_the_stated_changes():
+    from rfjax import train as rtrain
+    from rfjax.experiments import training as T
+
+    stated = {"batch_size", "width", "lr", "crop", "downscale", "seed", "checkpoint_every",
+              "log_every"}
+    for mode in E.MODES:
+        cfg = E.make_config("training", mode)
+        for task, steps in (("cifar10", cfg.cifar_steps), ("camvid", cfg.camvid_steps)):
+            run = T._train_config(cfg, task, seed=3)
+            base = rtrain.TrainConfig(task=task, steps=steps)
+            changed = {f.name for f in dataclasses.fields(base)
+                       if getattr(run, f.name) != getattr(base, f.name)}
+            assert changed <= stated, (mode, task, changed - stated)
+            assert run.seed == 3 and run.checkpoint_every == steps
+    full = E.make_config("training", "full")
+    cifar, camvid = (T._train_config(full, t, 0) for t in ("cifar10", "camvid"))
+    # the values the figure has always trained with
+    assert (cifar.batch_size, cifar.width, cifar.lr, cifar.log_every) == (64, 16, 0.05, 50)
+    assert (camvid.batch_size, camvid.width, camvid.lr, camvid.crop, camvid.downscale) == (
+        4, 8, 0.05, (64, 96), 2)
+    assert camvid.lr == rtrain.TASK_DEFAULTS["camvid"]["lr"]  # not restated by the experiment
+
+
 def test_erf_along_training_reads_every_checkpoint(tmp_path, synthetic_data):
     import functools
 

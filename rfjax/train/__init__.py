@@ -40,7 +40,7 @@ from rfjax.train.checkpoint import (
     clean_stale_checkpoints,
     params_sha256,
 )
-from rfjax.train.config import NON_RESULT_FIELDS, TASK_DEFAULTS, TrainConfig
+from rfjax.train.config import CLASS_WEIGHTS, NON_RESULT_FIELDS, TASK_DEFAULTS, TrainConfig
 from rfjax.train.loop import (
     evaluate,
     init_state,
@@ -61,6 +61,7 @@ from rfjax.train.tasks import ARCHS, TASK_TABLE, TASKS, Task, get_task, make_mod
 __all__ = [
     "ARCHS",
     "CHECKPOINT_SUBDIR",
+    "CLASS_WEIGHTS",
     "NON_RESULT_FIELDS",
     "TASKS",
     "TASK_DEFAULTS",

@@ -16,13 +16,17 @@ from typing import Any
 
 from rfjax.train.tasks import ARCHS, TASKS, get_task
 
-__all__ = ["TrainConfig", "TASKS", "ARCHS", "TASK_DEFAULTS", "NON_RESULT_FIELDS"]
+__all__ = ["TrainConfig", "TASKS", "ARCHS", "TASK_DEFAULTS", "CLASS_WEIGHTS",
+           "NON_RESULT_FIELDS"]
 
 #: Defaults that depend on the task: the values of the runs recorded in the README.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar10": {"batch_size": 128, "lr": 0.1, "width": 32},
     "camvid": {"batch_size": 8, "lr": 0.05, "width": 16},
 }
+
+#: The values of ``TrainConfig.class_weights``: CamVid's loss weighting.
+CLASS_WEIGHTS = ("none", "median")
 
 #: Fields of TrainConfig that do not change the trained parameters (may differ on resume).
 NON_RESULT_FIELDS = ("checkpoint_every", "eval_every", "log_every", "max_to_keep",
@@ -108,7 +112,7 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 < self.warmup < 1:
             raise ValueError(f"warmup must be in (0, 1), got {self.warmup!r}")
-        if self.class_weights not in ("none", "median"):
+        if self.class_weights not in CLASS_WEIGHTS:
             raise ValueError(f"class_weights must be 'none' or 'median', got "
                              f"{self.class_weights!r}")
         if isinstance(self.downscale, bool) or not isinstance(self.downscale, int) \
