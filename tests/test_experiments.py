@@ -8,6 +8,7 @@ false. The training experiment trains a few steps on synthetic CIFAR-10 / CamVid
 import copy
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -307,21 +308,50 @@ def test_registry_and_results_merge(tmp_path):
         E.merge_results(path, [result])
 
 
+def _script_env():
+    """The scripts import the installed rfjax (``pip install -e .``): make it this checkout."""
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 def test_make_figures_script_only_and_errors(tmp_path):
     out = tmp_path / "figs"
     (out).mkdir()
     (out / "results.json").write_text(json.dumps({"erf_growth": {"claim": "kept"}}))
     script = [sys.executable, str(REPO / "scripts" / "make_figures.py")]
+    env = _script_env()
     res = subprocess.run(script + ["--quick", "--only", "trf_example", "--out", str(out)],
-                         capture_output=True, text=True, timeout=300, cwd=REPO)
+                         capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert res.returncode == 0, res.stderr
     assert (out / "trf_example.png").stat().st_size > 10_000
     results = json.loads((out / "results.json").read_text())
     assert results["erf_growth"] == {"claim": "kept"}
     assert results["trf_example"]["holds"] is True
     bad = subprocess.run(script + ["--only", "trf_example,nope", "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
     assert bad.returncode != 0 and "unknown experiment 'nope'" in bad.stderr
     bad = subprocess.run(script + ["--checkpoints", str(tmp_path / "missing")],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
     assert bad.returncode != 0 and "no such folder" in bad.stderr
+
+
+def test_scripts_import_the_installed_package():
+    """No script edits sys.path; each answers --help from the project root."""
+    scripts = sorted((REPO / "scripts").glob("*.py"))
+    assert {p.name for p in scripts} >= {"train.py", "make_figures.py",
+                                        "erf_during_training.py", "trf_demo.py"}
+    for path in scripts:
+        assert "sys.path" not in path.read_text(), path.name
+        res = subprocess.run([sys.executable, str(path.relative_to(REPO)), "--help"],
+                             capture_output=True, text=True, timeout=120, cwd=REPO,
+                             env=_script_env())
+        assert res.returncode == 0, (path.name, res.stderr)
+        assert "usage:" in res.stdout, path.name
+
+
+def test_importing_plot_leaves_the_matplotlib_backend_alone():
+    # A backend chosen before the import survives it (the import used to force Agg).
+    code = ("import matplotlib; matplotlib.use('svg'); import rfjax.plot; "
+            "assert matplotlib.get_backend().lower() == 'svg', matplotlib.get_backend()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=REPO, env=_script_env())
+    assert res.returncode == 0, res.stderr
