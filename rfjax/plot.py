@@ -1,22 +1,22 @@
-"""Figures (matplotlib only here, Agg backend): ERF maps, TRF outlines, log-log growth plots.
+"""Figures (matplotlib only here): ERF maps, TRF outlines, log-log growth plots.
 
 Every function takes plain NumPy data (produced by :mod:`rfjax.experiments` or :mod:`rfjax.erf`)
 and returns a ``matplotlib.figure.Figure``; :func:`save` writes it as PNG and closes it.
 Maps are ``(H, W)`` arrays indexed ``[row, col]`` and drawn with ``origin="upper"``; a TRF
 region is ``((row_start, row_stop), (col_start, col_stop))``, inclusive.
+
+Importing this module does not choose a matplotlib backend: matplotlib picks a non-interactive
+one by itself where there is no display, and the scripts that only write files select Agg in
+their ``main``.
 """
 
 from __future__ import annotations
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 __all__ = ["save", "outline_region", "erf_heatmap", "paper_figure", "FIGURES"]
 

@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rfjax.experiments import EXPERIMENTS, NAMES  # noqa: E402
+from rfjax.experiments import EXPERIMENTS, NAMES
 
 
 def _names(values: list[str] | None) -> list[str]:
@@ -74,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # figures are only written to files, never shown
     from tqdm.auto import tqdm
 
     from rfjax import plot

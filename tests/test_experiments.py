@@ -8,6 +8,7 @@ false. The training experiment trains a few steps on synthetic CIFAR-10 / CamVid
 import copy
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -201,6 +202,30 @@ def test_training_trains_then_reads_its_checkpoints(tmp_path, synthetic_data):
                                                    checkpoints=str(tmp_path / "none")))
 
 
+def test_training_runs_are_trainconfig_defaults_but_the_stated_changes():
+    from rfjax import train as rtrain
+    from rfjax.experiments import training as T
+
+    stated = {"batch_size", "width", "lr", "crop", "downscale", "seed", "checkpoint_every",
+              "log_every"}
+    for mode in E.MODES:
+        cfg = E.make_config("training", mode)
+        for task, steps in (("cifar10", cfg.cifar_steps), ("camvid", cfg.camvid_steps)):
+            run = T._train_config(cfg, task, seed=3)
+            base = rtrain.TrainConfig(task=task, steps=steps)
+            changed = {f.name for f in dataclasses.fields(base)
+                       if getattr(run, f.name) != getattr(base, f.name)}
+            assert changed <= stated, (mode, task, changed - stated)
+            assert run.seed == 3 and run.checkpoint_every == steps
+    full = E.make_config("training", "full")
+    cifar, camvid = (T._train_config(full, t, 0) for t in ("cifar10", "camvid"))
+    # the values the figure has always trained with
+    assert (cifar.batch_size, cifar.width, cifar.lr, cifar.log_every) == (64, 16, 0.05, 50)
+    assert (camvid.batch_size, camvid.width, camvid.lr, camvid.crop, camvid.downscale) == (
+        4, 8, 0.05, (64, 96), 2)
+    assert camvid.lr == rtrain.TASK_DEFAULTS["camvid"]["lr"]  # not restated by the experiment
+
+
 def test_erf_along_training_reads_every_checkpoint(tmp_path, synthetic_data):
     import functools
 
@@ -283,21 +308,50 @@ def test_registry_and_results_merge(tmp_path):
         E.merge_results(path, [result])
 
 
+def _script_env():
+    """The scripts import the installed rfjax (``pip install -e .``): make it this checkout."""
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 def test_make_figures_script_only_and_errors(tmp_path):
     out = tmp_path / "figs"
     (out).mkdir()
     (out / "results.json").write_text(json.dumps({"erf_growth": {"claim": "kept"}}))
     script = [sys.executable, str(REPO / "scripts" / "make_figures.py")]
+    env = _script_env()
     res = subprocess.run(script + ["--quick", "--only", "trf_example", "--out", str(out)],
-                         capture_output=True, text=True, timeout=300, cwd=REPO)
+                         capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert res.returncode == 0, res.stderr
     assert (out / "trf_example.png").stat().st_size > 10_000
     results = json.loads((out / "results.json").read_text())
     assert results["erf_growth"] == {"claim": "kept"}
     assert results["trf_example"]["holds"] is True
     bad = subprocess.run(script + ["--only", "trf_example,nope", "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
     assert bad.returncode != 0 and "unknown experiment 'nope'" in bad.stderr
     bad = subprocess.run(script + ["--checkpoints", str(tmp_path / "missing")],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
     assert bad.returncode != 0 and "no such folder" in bad.stderr
+
+
+def test_scripts_import_the_installed_package():
+    """No script edits sys.path; each answers --help from the project root."""
+    scripts = sorted((REPO / "scripts").glob("*.py"))
+    assert {p.name for p in scripts} >= {"train.py", "make_figures.py",
+                                        "erf_during_training.py", "trf_demo.py"}
+    for path in scripts:
+        assert "sys.path" not in path.read_text(), path.name
+        res = subprocess.run([sys.executable, str(path.relative_to(REPO)), "--help"],
+                             capture_output=True, text=True, timeout=120, cwd=REPO,
+                             env=_script_env())
+        assert res.returncode == 0, (path.name, res.stderr)
+        assert "usage:" in res.stdout, path.name
+
+
+def test_importing_plot_leaves_the_matplotlib_backend_alone():
+    # A backend chosen before the import survives it (the import used to force Agg).
+    code = ("import matplotlib; matplotlib.use('svg'); import rfjax.plot; "
+            "assert matplotlib.get_backend().lower() == 'svg', matplotlib.get_backend()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=REPO, env=_script_env())
+    assert res.returncode == 0, res.stderr

@@ -205,6 +205,88 @@ def test_config_arch():
     assert rtrain.TrainConfig.from_json(res.to_json()) == res
 
 
+def test_task_table_covers_every_task_and_arch():
+    assert set(rtrain.TASK_TABLE) == set(rtrain.TASKS) == set(rtrain.TASK_DEFAULTS) \
+        == {"cifar10", "camvid"}
+    for name, task in rtrain.TASK_TABLE.items():
+        assert task.name == name and rtrain.get_task(name) is task
+        assert rtrain.ARCHS[name] == tuple(task.models)
+        for field in dataclasses.fields(rtrain.Task):
+            if field.name not in ("name", "models", "downscale"):
+                assert callable(getattr(task, field.name)), (name, field.name)
+        for arch in rtrain.ARCHS[name]:
+            cfg = rtrain.TrainConfig(task=name, steps=1, width=2, arch=arch)
+            shape = task.input_shape(cfg)
+            assert len(shape) == 4 and shape[0] == 1 and shape[-1] == 3
+            model = rtrain.make_model(cfg)
+            variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(shape))
+            assert "params" in variables
+    assert not rtrain.get_task("cifar10").downscale and rtrain.get_task("camvid").downscale
+
+
+def test_unknown_task_and_arch_errors():
+    with pytest.raises(ValueError, match=r"unknown task 'mnist'; known: cifar10, camvid"):
+        rtrain.get_task("mnist")
+    with pytest.raises(ValueError, match=r"task must be one of \('cifar10', 'camvid'\)"):
+        rtrain.TrainConfig(task="mnist", steps=1)
+    with pytest.raises(ValueError, match=r"arch for camvid must be one of \('unet',\)"):
+        rtrain.TrainConfig(task="camvid", steps=1, arch="vgg")
+    cfg = rtrain.TrainConfig(task="cifar10", steps=1)
+    object.__setattr__(cfg, "arch", "transformer")  # past TrainConfig's own check
+    with pytest.raises(ValueError, match=r"unknown arch 'transformer' for cifar10; known: "
+                                         r"vgg, resnet"):
+        rtrain.make_model(cfg)
+    split = rdata.Split(name="mnist", split="test", images=np.zeros((1, 8, 8, 3), np.uint8),
+                        labels=np.zeros(1, np.int32))
+    with pytest.raises(ValueError, match="unknown task 'mnist'"):
+        rtrain.evaluate(None, {}, split)
+
+
+def test_task_defaults_resolve_at_construction():
+    for task, values in rtrain.TASK_DEFAULTS.items():
+        cfg = rtrain.TrainConfig(task=task, steps=5)
+        assert {k: getattr(cfg, k) for k in values} == values
+        assert cfg.arch == rtrain.ARCHS[task][0]
+        # explicit values win, and what config.json records reads back unchanged
+        explicit = rtrain.TrainConfig(task=task, steps=5, batch_size=3, lr=0.5, width=4)
+        assert (explicit.batch_size, explicit.lr, explicit.width) == (3, 0.5, 4)
+        assert rtrain.TrainConfig.from_json(cfg.to_json()) == cfg
+        assert None not in cfg.to_json().values()
+    assert rtrain.TrainConfig(task="camvid", steps=5).checkpoint_every == 200
+
+
+def _train_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_train_script_defaults_are_trainconfig_defaults():
+    script = _train_script()
+    parser = script.make_parser()
+    options = {a.dest for a in parser._actions}
+    fields = {f.name: f for f in dataclasses.fields(rtrain.TrainConfig)}
+    # every field is an option, except the evaluation batch size (no effect on the result)
+    assert set(fields) - options == {"eval_batch_size"}
+    for name, field in fields.items():
+        if name in options and field.default is not dataclasses.MISSING:
+            assert parser.get_default(name) == field.default, name
+    # with only the required options, the script trains TrainConfig's defaults
+    for task in rtrain.TASKS:
+        args = script.parse_args([task, "--workdir", "w", "--steps", "7"])
+        assert script.config_from_args(args) == rtrain.TrainConfig(task=task, steps=7)
+    args = script.parse_args(["camvid", "--workdir", "w", "--steps", "7", "--crop", "16x24",
+                              "--width", "4", "--class-weights", "median"])
+    assert script.config_from_args(args) == rtrain.TrainConfig(
+        task="camvid", steps=7, crop=(16, 24), width=4, class_weights="median")
+    epilog = parser.epilog
+    assert "cifar10 --batch-size 128 --lr 0.1 --width 32" in epilog
+    assert "camvid --batch-size 8 --lr 0.05 --width 16" in epilog
+
+
 def test_train_step_pure_and_masks_void():
     cfg = rtrain.TrainConfig(task="camvid", steps=4, batch_size=2, lr=0.05, width=2,
                              crop=(16, 16))
