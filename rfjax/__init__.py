@@ -15,6 +15,7 @@ from rfjax.calculator import (
     receptive_interval,
     receptive_size,
 )
+from rfjax.callables import clear_cache
 from rfjax.erf import ERF, InputTypeError, erf, erf_intermediate, erf_merge, erf_weight_draws
 from rfjax.trf import (
     TRF,
@@ -39,6 +40,7 @@ __all__ = [
     "LayerSpec",
     "TRFError",
     "UnsupportedPrimitiveError",
+    "clear_cache",
     "erf",
     "erf_intermediate",
     "erf_merge",
