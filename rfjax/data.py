@@ -32,13 +32,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
+
+from rfjax.progress import progress_enabled
 
 DATASETS = ("cifar10", "camvid")
 SPLITS = {"cifar10": ("train", "test"), "camvid": ("train", "val", "test")}
@@ -169,7 +170,7 @@ def prepare(
 
     from rfjax.datasets import RfjaxCamvid, RfjaxCifar10
 
-    if os.environ.get("RFJAX_NO_PROGRESS") == "1" or not sys.stderr.isatty():
+    if not progress_enabled():
         tfds.disable_progress_bar()
     cls = RfjaxCifar10 if name == "cifar10" else RfjaxCamvid
     builder = cls(data_dir=os.fspath(tfds_dir))

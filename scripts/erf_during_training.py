@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -49,17 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # figures are only written to files, never shown
-    from tqdm.auto import tqdm
-
     from rfjax import plot
     from rfjax import train as rtrain
     from rfjax.experiments import erf_along_training
     from rfjax.experiments.common import jsonable
+    from rfjax.progress import progress
 
-    disable = os.environ.get("RFJAX_NO_PROGRESS") == "1" or not sys.stderr.isatty()
     total = 1 + len(rtrain.checkpoint_steps(args.workdir))
     try:
-        with tqdm(total=total, desc="ERF per checkpoint", disable=disable) as bar:
+        with progress(total, desc="ERF per checkpoint") as bar:
             data = erf_along_training(args.workdir, data_dir=args.data_dir,
                                       erf_images=args.images, progress=bar)
     except (FileNotFoundError, ValueError) as err:

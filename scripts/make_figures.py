@@ -14,7 +14,6 @@ Examples (from the project root)::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -75,15 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # figures are only written to files, never shown
-    from tqdm.auto import tqdm
-
     from rfjax import plot
     from rfjax.experiments import make_config, merge_results
+    from rfjax.progress import progress
 
     mode = "quick" if args.quick else "full"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    disable = os.environ.get("RFJAX_NO_PROGRESS") == "1" or not sys.stderr.isatty()
     rows = []
     t_all = time.perf_counter()
     for name in args.names:
@@ -92,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {"data_dir": args.data_dir, "checkpoints": args.checkpoints}
         cfg = make_config(name, mode, **overrides)
         t0 = time.perf_counter()
-        with tqdm(total=cfg.work, desc=name, disable=disable, dynamic_ncols=True) as bar:
+        with progress(cfg.work, desc=name, dynamic_ncols=True) as bar:
             result = EXPERIMENTS[name].run(cfg, args.seed, bar)
         plot.save(plot.paper_figure(result), out / f"{name}.png")
         merge_results(out / "results.json", [result])
