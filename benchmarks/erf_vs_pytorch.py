@@ -73,6 +73,7 @@ import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
 from rfjax.erf import erf  # noqa: E402
+from rfjax.metrics import normalize_map  # noqa: E402
 
 try:
     import torch
@@ -242,11 +243,6 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def normalised(m) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    return m / m.max()
-
-
 def time_round_robin(methods: dict, repeats: int) -> tuple[dict, dict, dict, dict]:
     """Warm each method up, then ``repeats`` rounds over all methods.
 
@@ -312,7 +308,7 @@ def run_case(name: str, layers: int, channels: int, size: int, images: int, repe
     xla = xla_flops(params, jnp.asarray(x[:1]))
     ref_loop = "torch loop (RepLKNet script)" if with_loop else None
     ref_b = "torch batched autograd"
-    ref_map = normalised(res[ref_loop][0] if ref_loop else res[ref_b][0])
+    ref_map = normalize_map(res[ref_loop][0] if ref_loop else res[ref_b][0])
     rows = []
     for k, t in med.items():
         crop_used = res[k][1]
@@ -324,7 +320,7 @@ def run_case(name: str, layers: int, channels: int, size: int, images: int, repe
             "images_per_s": images / t,
             "vs_loop": (med[ref_loop] / t) if ref_loop else None, "vs_batched": med[ref_b] / t,
             "gflop_per_image": f_img / 1e9, "gflops": f_img * images / t / 1e9,
-            "max_abs_diff": float(np.max(np.abs(normalised(res[k][0]) - ref_map))),
+            "max_abs_diff": float(np.max(np.abs(normalize_map(res[k][0]) - ref_map))),
         })
     return {"name": name, "layers": layers, "channels": channels, "size": size,
             "images": images, "rows": rows, "xla_full_flops_per_image": xla,

@@ -580,48 +580,15 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def _floats(x: Any) -> list[float] | float:
-    a = np.asarray(x, dtype=np.float64)
-    return a.tolist() if a.ndim else float(a)
+def _metrics(m: np.ndarray, trf_size: Sequence[int]) -> dict[str, Any]:
+    """``rfjax.metrics.summary``, or ``{"note": ...}`` for a map that has no metrics (e.g. an
+    all-zero map)."""
+    from rfjax import metrics
 
-
-def erf_metrics(m: np.ndarray, trf_size: Sequence[int]) -> dict[str, Any]:
-    """The metrics of an ERF map (see ``rfjax erf --help``) as JSON-ready data.
-
-    ``m`` is a nonnegative ``(*spatial,)`` map; ``trf_size`` the TRF size per axis. A metric
-    that is undefined for this map (e.g. an all-zero map) is ``None`` with a ``note``.
-    """
-    import jax.numpy as jnp
-
-    from rfjax import metrics as M
-
-    out: dict[str, Any] = {}
-    arr = jnp.asarray(m)
     try:
-        g = M.erf_size(arr, "gaussian")
-        th = M.erf_size(arr, "threshold")
-        fit = M.fit_gaussian(arr)
+        return metrics.summary(m, tuple(trf_size))
     except ValueError as e:
         return {"note": f"no metrics: {e}"}
-    rg, rt = M.erf_trf_ratio(g, tuple(trf_size)), M.erf_trf_ratio(th, tuple(trf_size))
-    out["size_gaussian"] = {"extent": _floats(g.extent), "area": _floats(g.area)}
-    out["size_threshold"] = {"extent": _floats(th.extent), "area": _floats(th.area)}
-    out["gaussian_fit"] = {"mean": _floats(fit.mean), "sigma": _floats(fit.sigma),
-                           "r2": _floats(fit.r2), "rel_l2": _floats(fit.rel_l2)}
-    out["trf_size"] = [int(s) for s in trf_size]
-    out["erf_trf_ratio_gaussian"] = {"axis": _floats(rg.axis), "area": _floats(rg.area)}
-    out["erf_trf_ratio_threshold"] = {"axis": _floats(rt.axis), "area": _floats(rt.area)}
-    if arr.ndim == 2:
-        side, ratio = M.high_contribution_area_ratio(arr)
-        out["area_ratio"] = {"thresholds": list(M.REPLKNET_THRESHOLDS),
-                             "side": [int(s) for s in np.asarray(side)],
-                             "ratio": [None if math.isnan(r) else r
-                                       for r in _floats(ratio)]}  # type: ignore[union-attr]
-    radii, frac = M.radial_profile(arr, centre="max")
-    frac = np.asarray(frac)
-    out["radius_mass"] = {f"{int(p * 100)}%": int(np.asarray(radii)[np.argmax(frac >= p)])
-                          for p in (0.5, 0.9)}
-    return out
 
 
 def _print_metrics(met: dict[str, Any]) -> None:
@@ -697,7 +664,7 @@ def cmd_erf(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     m = np.mean(maps, axis=0)
     sizes = [int(s) for s in t.size]
-    met = erf_metrics(np.abs(m) if reduce == "grad" else m, sizes)
+    met = _metrics(np.abs(m) if reduce == "grad" else m, sizes)
     region = t.region(unit)
     where = f"{model.name}" + (f", layer {args.layer}" if args.layer else "")
     print(f"model {where}, input {'x'.join(map(str, img_shape[1:]))}, unit "

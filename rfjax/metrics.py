@@ -4,17 +4,19 @@ Every function here is a pure function of a map ``m``: a real array of shape ``(
 (1-D ``(L,)`` and 3-D ``(D, H, W)`` maps are accepted wherever the definition is natural),
 typically ``rfjax.erf(...).map`` (the ``rfjax.erf`` result itself is accepted too: any object
 with an array attribute ``map`` is read through it). Coordinates are array indices (pixels,
-row first). All functions can be called under ``jax.jit``; arguments that change the output
-shape or the code path (``method``, ``reference``, ``thresholds``, ``max_radius``...) are
-static and listed as ``static_argnames`` in each function's docstring. Eager calls run a
-jitted core too (compiled once per shape and static configuration).
+row first). All functions but :func:`summary` (every metric at once, as Python numbers) can
+be called under ``jax.jit``; arguments that change the output shape or the code path
+(``method``, ``reference``, ``thresholds``, ``max_radius``...) are static and listed as
+``static_argnames`` in each function's docstring. Eager calls run a jitted core too (compiled
+once per shape and static configuration).
 
 Validity. The maps are read as nonnegative weights (``reduce="abs"``, ``"relu"`` or
 ``"square"`` maps; take ``abs`` of a signed ``"grad"`` map first). A map with a negative or
 non-finite entry, or whose entries are all zero, has no size: called eagerly (on a concrete
-array) every function raises a ``ValueError`` naming the problem; under ``jax.jit`` the values
-cannot be inspected, so the float outputs are NaN instead (never a silent number). Shape and
-dtype errors raise in both cases.
+array) every metric raises a ``ValueError`` naming the problem (:func:`normalize_map`, a
+plain rescaling, checks nothing); under ``jax.jit`` the values cannot be inspected, so the
+float outputs are NaN instead (never a silent number). Shape and dtype errors raise in both
+cases.
 
 Which size the figures use. The paper (Luo et al., NIPS 2016) sizes the ERF by the pixels
 whose value exceeds ``1 - 95.45%`` of the centre pixel's value, a number chosen because 95.45%
@@ -37,6 +39,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +60,8 @@ __all__ = [
     "erf_trf_ratio",
     "high_contribution_area_ratio",
     "radial_profile",
+    "normalize_map",
+    "summary",
 ]
 
 #: The paper's literal threshold: a pixel is in the ERF when its value exceeds this fraction of
@@ -502,6 +507,35 @@ def erf_trf_ratio(erf: Size | ArrayLike, trf) -> SizeRatio:
 
 
 # --------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_map(m: ArrayLike) -> np.ndarray | Array:
+    """``m / max(|m|)``: the map scaled to peak 1 (the figures' and RepLKNet's normalisation).
+
+    Any shape and sign (a signed map keeps its sign: its largest magnitude becomes 1). An
+    all-zero or empty map is returned unchanged (zeros, no division by zero), and so is a map
+    with a NaN (its peak is NaN): nothing is checked or raised, unlike the metrics above.
+
+    Called eagerly (NumPy data, a list or a concrete ``jax.Array``) it returns a float64 NumPy
+    array; under ``jax.jit`` (a traced map) a jax array of the map's float dtype.
+    """
+    if _is_traced(m):
+        a = jnp.asarray(m)
+        if not jnp.issubdtype(a.dtype, jnp.floating):
+            a = a.astype(jnp.result_type(float))
+        if a.size == 0:
+            return a
+        peak = jnp.max(jnp.abs(a))
+        ok = peak > 0
+        return jnp.where(ok, a / jnp.where(ok, peak, 1), a)
+    a = np.asarray(m, dtype=np.float64)
+    peak = float(np.max(np.abs(a))) if a.size else 0.0
+    return a / peak if peak > 0 else a
+
+
+# --------------------------------------------------------------------------------------------
 # RepLKNet's high-contribution area ratio
 # --------------------------------------------------------------------------------------------
 
@@ -550,8 +584,7 @@ def high_contribution_area_ratio(
 @partial(jax.jit, static_argnums=(1, 2))
 def _hcar(arr: Array, ts: tuple[float, ...], log: bool) -> tuple[Array, Array]:
     bad = _invalid(arr)
-    data = jnp.log10(arr + 1.0) if log else arr
-    data = data / jnp.max(data)
+    data = normalize_map(jnp.log10(arr + 1.0) if log else arr)
     h, w = data.shape
     ci, cj = h // 2, w // 2
     # Chebyshev distance from the centre: square i holds the pixels with distance <= i, so its
@@ -654,3 +687,81 @@ def _radial_profile(arr: Array, centre, R: int) -> tuple[Array, Array]:
     sums = jax.ops.segment_sum(arr.ravel(), bins.ravel(), num_segments=R + 2)
     fraction = jnp.cumsum(sums[: R + 1]) / jnp.sum(arr)
     return jnp.arange(R + 1, dtype=jnp.int32), _nan_if(bad, fraction)
+
+
+# --------------------------------------------------------------------------------------------
+# Every metric at once
+# --------------------------------------------------------------------------------------------
+
+
+def _py(x: Any) -> list[float] | float:
+    """A float array as Python floats: a list (``ndim >= 1``) or a float (a scalar)."""
+    a = np.asarray(x, dtype=np.float64)
+    return a.tolist() if a.ndim else float(a)
+
+
+def summary(m: ArrayLike, trf: Any = None) -> dict[str, Any]:
+    """Every metric of an ERF map as plain Python data (dicts, lists, floats, ints), ready for
+    ``json.dump``; what ``rfjax erf`` prints and writes.
+
+    Args:
+      m: a nonnegative map (1-D, 2-D or 3-D; take ``abs`` of a signed ``"grad"`` map), or an
+        ``rfjax.erf`` result (read through its ``map``).
+      trf: the TRF size, one number per axis or one for every axis, or the ``rfjax.trf``
+        result itself (as for :func:`erf_trf_ratio`); ``None`` leaves out the TRF entries.
+
+    Returns:
+      A dict with these keys, in this order (``extent``/``sigma``/``mean``/``axis`` lists
+      have one entry per axis):
+
+      * ``size_gaussian``, ``size_threshold``: ``{"extent", "area"}`` of
+        ``erf_size(m, "gaussian")`` and ``erf_size(m, "threshold")``;
+      * ``gaussian_fit``: ``{"mean", "sigma", "r2", "rel_l2"}`` of :func:`fit_gaussian`
+        (``r2`` is NaN for a constant map, where it is undefined);
+      * with ``trf``: ``trf_size`` (the TRF size per axis) and ``erf_trf_ratio_gaussian``,
+        ``erf_trf_ratio_threshold``: ``{"axis", "area"}`` of :func:`erf_trf_ratio` for each
+        size reading;
+      * 2-D maps only: ``area_ratio``: ``{"thresholds", "side", "ratio"}`` of
+        :func:`high_contribution_area_ratio` at ``REPLKNET_THRESHOLDS`` (a ratio that is not
+        found is ``None``);
+      * ``radius_mass``: ``{"50%": r, "90%": r}``, the smallest integer radius around the
+        map's maximum that encloses that fraction of the mass (:func:`radial_profile` with
+        ``centre="max"``).
+
+    Raises:
+      ValueError: an invalid map (negative or non-finite entries, all zero; see the module
+        docstring), a bad shape, or a ``trf`` that does not match the map's axes.
+      TypeError: a map that is not a real array, or a traced one: ``summary`` returns Python
+        numbers, so it runs eagerly only (jit the individual metrics instead).
+    """
+    if _is_traced(m) or _is_traced(getattr(m, "map", None)):
+        raise TypeError("metrics.summary returns Python numbers: call it eagerly, not under "
+                        "jax.jit (the individual metrics are jit-able)")
+    arr = _as_map(m)
+    g, th = erf_size(arr, "gaussian"), erf_size(arr, "threshold")
+    fit = fit_gaussian(arr)
+    out: dict[str, Any] = {
+        "size_gaussian": {"extent": _py(g.extent), "area": _py(g.area)},
+        "size_threshold": {"extent": _py(th.extent), "area": _py(th.area)},
+        "gaussian_fit": {"mean": _py(fit.mean), "sigma": _py(fit.sigma), "r2": _py(fit.r2),
+                         "rel_l2": _py(fit.rel_l2)},
+    }
+    if trf is not None:
+        if isinstance(getattr(trf, "size", None), tuple):  # an rfjax.trf.TRF (duck-typed)
+            trf = trf.size
+        rg, rt = erf_trf_ratio(g, trf), erf_trf_ratio(th, trf)  # these check trf
+        sizes = np.broadcast_to(np.asarray(trf, dtype=np.float64), (arr.ndim,))
+        out["trf_size"] = [int(s) if float(s).is_integer() else float(s) for s in sizes]
+        out["erf_trf_ratio_gaussian"] = {"axis": _py(rg.axis), "area": _py(rg.area)}
+        out["erf_trf_ratio_threshold"] = {"axis": _py(rt.axis), "area": _py(rt.area)}
+    if arr.ndim == 2:
+        side, ratio = high_contribution_area_ratio(arr)
+        out["area_ratio"] = {"thresholds": list(REPLKNET_THRESHOLDS),
+                             "side": [int(s) for s in np.asarray(side)],
+                             "ratio": [None if math.isnan(r) else r
+                                       for r in np.asarray(ratio, np.float64).tolist()]}
+    radii, frac = radial_profile(arr, centre="max")
+    radii, frac = np.asarray(radii), np.asarray(frac)
+    out["radius_mass"] = {f"{int(p * 100)}%": int(radii[np.argmax(frac >= p)])
+                          for p in (0.5, 0.9)}
+    return out

@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from rfjax.metrics import normalize_map  # noqa: E402
+
 __all__ = ["save", "outline_region", "erf_heatmap", "paper_figure", "FIGURES"]
 
 
@@ -94,14 +96,6 @@ def _np():
     import numpy as np
 
     return np
-
-
-def _unit_max(m):
-    """``m / max(m)`` (float64); an all-zero map stays zero."""
-    np = _np()
-    a = np.asarray(m, dtype=np.float64)
-    peak = float(np.max(np.abs(a))) if a.size else 0.0
-    return a / peak if peak > 0 else a
 
 
 def _map_panel(ax, m, *, vmax=1.0, region=None, title=None, cmap="viridis", norm=None,
@@ -184,7 +178,7 @@ def fig_cnn_vs_transformer(result) -> Figure:
     ax.set_title("TRF grows layer by layer (CNN) vs. global after one block (ViT)", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    e_cnn, e_vit = _unit_max(d["cnn_erf"]), _unit_max(d["vit_erf"])
+    e_cnn, e_vit = normalize_map(d["cnn_erf"]), normalize_map(d["vit_erf"])
     im = _map_panel(axes[1], e_cnn, region=d["cnn_region"],
                     title=f"CNN, {d['cnn_depth']} layers: ERF of the centre unit\n"
                           f"TRF {cnn[-1]}x{cnn[-1]} (dashed red)\n")
@@ -209,7 +203,7 @@ def fig_trf_vs_erf(result) -> Figure:
     """The uniform TRF box against the Gaussian ERF of the same unit, and single-input ERFs."""
     np = _np()
     d, m = result["data"], result["measured"]
-    per = [_unit_max(p) for p in d["per_input"]]
+    per = [normalize_map(p) for p in d["per_input"]]
     k = len(per)
     cols = max(3, k)
     fig = plt.figure(figsize=(3.9 * cols + 1.5, 8.2), layout="constrained")
@@ -219,7 +213,7 @@ def fig_trf_vs_erf(result) -> Figure:
     axes[0, 2] = fig.add_subplot(gs[0, 2:])
     for i in range(cols):
         axes[1, i] = fig.add_subplot(gs[1, i])
-    mean = _unit_max(d["mean"])
+    mean = normalize_map(d["mean"])
     trf_mask = np.asarray(d["trf_mask"], dtype=float)
     im = _map_panel(axes[0, 0], trf_mask, region=d["region"],
                     title=f"TRF of the centre unit:\na uniform {m['trf_size'][0]}x"
@@ -280,7 +274,7 @@ def fig_layers_and_init(result) -> Figure:
     im = None
     for i, (_, maps, label) in enumerate(rows):
         for j, depth in enumerate(depths):
-            mm = _unit_max(maps[j])
+            mm = normalize_map(maps[j])
             region = _centre_region(mm.shape, 2 * depth + 1)
             im = _map_panel(axes[i, j], mm, region=region,
                             title=f"n = {depth} (TRF {2 * depth + 1})" if i == 0 else None)
@@ -289,13 +283,13 @@ def fig_layers_and_init(result) -> Figure:
     for j, depth in enumerate(depths):
         ax = axes[-1, j]
         for key, name, colour in (("uniform", "Uniform", "C0"), ("random", "Random", "C1")):
-            mm = _unit_max(d["maps"][key][j])
-            tt = _unit_max(d["theory"][key][j])
+            mm = normalize_map(d["maps"][key][j])
+            tt = normalize_map(d["theory"][key][j])
             r = mm.shape[0] // 2
             xs = np.arange(mm.shape[1]) - mm.shape[1] // 2
             ax.plot(xs, mm[r], "o", ms=2.5, color=colour, label=f"{name} measured")
             ax.plot(xs, tt[r], "-", color=colour, lw=1, label=f"{name} theory")
-        rr = _unit_max(d["maps"]["random_relu"][j])
+        rr = normalize_map(d["maps"]["random_relu"][j])
         ax.plot(xs, rr[mm.shape[0] // 2], "x", ms=3, color="C2", label="Random + ReLU")
         ax.set_xlabel("offset from the unit (pixels)")
         ax.set_title(f"n = {depth}: centre row, rel. error U "
@@ -376,10 +370,10 @@ def fig_nonlinearities(result) -> Figure:
     region = _centre_region((size, size), 2 * depth + 1)
     im = None
     for j, name in enumerate(names):
-        im = _map_panel(axes[0, j], _unit_max(d["maps"][name]), region=region,
+        im = _map_panel(axes[0, j], normalize_map(d["maps"][name]), region=region,
                         title=f"{name}: mean of {m['maps_averaged']} maps\nGaussian fit R^2 "
                               f"{m['gaussian_r2_mean_map'][name]:.4f}")
-        _map_panel(axes[1, j], _unit_max(d["singles"][name][0]), region=region,
+        _map_panel(axes[1, j], normalize_map(d["singles"][name][0]), region=region,
                    title=f"{name}: one network, one input\nmean R^2 of such maps "
                          f"{m['gaussian_r2_single'][name]:.3f}")
         for a in axes[:, j]:
@@ -404,14 +398,14 @@ def fig_subsampling_dilation(result) -> Figure:
               "dilated": f"dilations {m['dilations']}"}
     for j, name in enumerate(names):
         t = m["trf_size"][name]
-        im = _map_panel(axes[j], _unit_max(d["maps"][name]), region=d["regions"][name],
+        im = _map_panel(axes[j], normalize_map(d["maps"][name]), region=d["regions"][name],
                         title=f"{labels[name]}\nERF {m['erf_size'][name]:.1f}, TRF "
                               f"{t[0]}x{t[1]}")
         axes[j].set_xlabel("column")
         axes[j].set_ylabel("row")
     ax = axes[-1]
     for j, name in enumerate(names):
-        mm = _unit_max(d["maps"][name])
+        mm = normalize_map(d["maps"][name])
         r = int(round((d["regions"][name][0][0] + d["regions"][name][0][1]) / 2))
         r = min(max(r, 0), mm.shape[0] - 1)
         ax.plot(np.arange(mm.shape[1]), mm[r], "-" if j < 2 else "--", color=f"C{j}",
@@ -445,7 +439,7 @@ def fig_training(result) -> Figure:
     (r0, r1), (c0, c1) = d["cifar_region"]
     for j, tag in enumerate(("before", "after"), start=1):
         ax = axes[0, j]
-        im_c = _map_panel(ax, _unit_max(d[f"cifar_{tag}"]))  # linear: the maps are broad
+        im_c = _map_panel(ax, normalize_map(d[f"cifar_{tag}"]))  # linear: the maps are broad
         outline_region(ax, d["cifar_region"], color="red", lw=1.2, label="TRF 74x74")
         ax.set_xlim(min(c0, 0) - 1.5, max(c1, 31) + 1.5)
         ax.set_ylim(max(r1, 31) + 1.5, min(r0, 0) - 1.5)
@@ -462,7 +456,7 @@ def fig_training(result) -> Figure:
                          " (unit +)", fontsize=9)
     for j, tag in enumerate(("before", "after"), start=1):
         ax = axes[1, j]
-        mm = _unit_max(d[f"camvid_{tag}"])
+        mm = normalize_map(d[f"camvid_{tag}"])
         im = _map_panel(ax, mm, norm=norm)  # square root: the maps are peaked
         extra = f", test mIoU {m['camvid_test_miou']:.3f}" if tag == "after" else ""
         ax.set_title(f"CamVid {tag} training{extra}\nERF size "
@@ -495,7 +489,7 @@ def fig_erf_along_training(data) -> Figure:
     norm = mcolors.PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
     im = None
     for ax, i in zip(axes[:2], (0, len(steps) - 1), strict=True):
-        im = _map_panel(ax, _unit_max(maps[i]), norm=norm)
+        im = _map_panel(ax, normalize_map(maps[i]), norm=norm)
         if data["task"] == "camvid":  # CIFAR's unit is on the 4x4 (or 32x32) feature grid
             ax.plot([data["unit"][1]], [data["unit"][0]], "r+", ms=10)
         ax.set_title(f"step {steps[i]}: ERF size {data['size'][i]:.1f} px", fontsize=10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import jax
@@ -354,6 +355,7 @@ ALL_FUNCS = [
     M.erf_size,
     M.high_contribution_area_ratio,
     M.radial_profile,
+    M.summary,
 ]
 
 
@@ -446,3 +448,104 @@ def test_an_erf_like_result_is_read_through_its_map():
 def test_int_maps_are_accepted():
     m = box_map((9, 9), (3, 3), (6, 6)).astype(np.int32)
     np.testing.assert_allclose(M.fit_gaussian(m).sigma, [math.sqrt(8 / 12)] * 2, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------ normalisation
+
+
+def test_normalize_map_eager_and_under_jit():
+    m = gaussian_map((9, 11), (4, 5), (2.0, 3.0)) * 7.0
+    got = M.normalize_map(m)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_allclose(got, m / m.max(), rtol=1e-15)
+    assert got.max() == 1.0
+    signed = np.array([[-4.0, 2.0], [1.0, 0.0]])  # the largest magnitude becomes +-1
+    np.testing.assert_array_equal(M.normalize_map(signed), signed / 4.0)
+    np.testing.assert_array_equal(M.normalize_map(jnp.asarray(m, jnp.float32)),
+                                  np.asarray(jnp.asarray(m, jnp.float32), np.float64)
+                                  / np.float64(np.float32(m.max())))
+    np.testing.assert_array_equal(M.normalize_map([[0, 2], [1, 4]]), [[0, 0.5], [0.25, 1]])
+    for same in (np.zeros((3, 3)), np.zeros((0, 4)), np.array([[1.0, np.nan]])):
+        np.testing.assert_array_equal(M.normalize_map(same), same)  # unchanged, no warning
+    jitted = jax.jit(M.normalize_map)
+    m32 = jnp.asarray(m, jnp.float32)
+    out = jitted(m32)
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(out, m32 / jnp.max(m32))
+    np.testing.assert_array_equal(jitted(jnp.zeros((2, 2))), np.zeros((2, 2)))
+    assert jitted(jnp.arange(4)).dtype == jnp.result_type(float)
+
+
+# ------------------------------------------------------------------------------ summary
+
+
+def _check_summary_against_the_metrics(m, trf):
+    s = M.summary(m, trf)
+    g, th, fit = M.erf_size(m), M.erf_size(m, "threshold"), M.fit_gaussian(m)
+    np.testing.assert_allclose(s["size_gaussian"]["extent"], g.extent, rtol=1e-6)
+    np.testing.assert_allclose(s["size_gaussian"]["area"], g.area, rtol=1e-6)
+    np.testing.assert_allclose(s["size_threshold"]["extent"], th.extent)
+    np.testing.assert_allclose(s["size_threshold"]["area"], th.area)
+    for k in ("mean", "sigma", "r2", "rel_l2"):
+        np.testing.assert_allclose(s["gaussian_fit"][k], getattr(fit, k), rtol=1e-6)
+    for key, size in (("erf_trf_ratio_gaussian", g), ("erf_trf_ratio_threshold", th)):
+        r = M.erf_trf_ratio(size, trf)
+        np.testing.assert_allclose(s[key]["axis"], r.axis, rtol=1e-6)
+        np.testing.assert_allclose(s[key]["area"], r.area, rtol=1e-6)
+    radii, frac = M.radial_profile(m, centre="max")
+    for p in (0.5, 0.9):  # the smallest radius enclosing the fraction p of the mass
+        r = s["radius_mass"][f"{int(p * 100)}%"]
+        assert frac[r] >= p and (r == 0 or frac[r - 1] < p) and radii[r] == r
+    return s
+
+
+def test_summary_matches_the_individual_metrics_2d():
+    m = gaussian_map((31, 35), (15.2, 16.8), (3.0, 4.5))
+    s = _check_summary_against_the_metrics(m, (20, 24))
+    assert list(s) == ["size_gaussian", "size_threshold", "gaussian_fit", "trf_size",
+                       "erf_trf_ratio_gaussian", "erf_trf_ratio_threshold", "area_ratio",
+                       "radius_mass"]
+    assert s["trf_size"] == [20, 24] and all(type(v) is int for v in s["trf_size"])
+    side, ratio = M.high_contribution_area_ratio(m)
+    assert s["area_ratio"]["thresholds"] == list(M.REPLKNET_THRESHOLDS)
+    assert s["area_ratio"]["side"] == np.asarray(side).tolist()
+    got = [np.nan if r is None else r for r in s["area_ratio"]["ratio"]]
+    np.testing.assert_allclose(got, ratio, rtol=1e-6)
+    assert json.loads(json.dumps(s)) == s  # plain Python data
+    assert isinstance(s["size_gaussian"]["area"], float)
+    assert all(type(v) is float for v in s["gaussian_fit"]["sigma"])
+
+
+def test_summary_1d_3d_erf_and_trf_objects_and_no_trf():
+    one = _check_summary_against_the_metrics(gaussian_map((41,), (20,), (3.0,)), 15)
+    assert one["trf_size"] == [15] and "area_ratio" not in one
+    cube = gaussian_map((15, 17, 19), (7, 8, 9), (2.0, 2.5, 3.0))
+    three = _check_summary_against_the_metrics(cube, (9, 9.5, 11))
+    assert three["trf_size"] == [9, 9.5, 11] and "area_ratio" not in three
+
+    class FakeERF:  # rfjax.erf's and rfjax.trf's results, duck-typed
+        map = jnp.asarray(gaussian_map((21, 21), (10, 10), (2.0, 2.0)))
+
+    class FakeTRF:
+        size = (9, 11)
+
+    s = M.summary(FakeERF(), FakeTRF())
+    assert s == M.summary(FakeERF.map, (9, 11))
+    bare = M.summary(FakeERF.map)
+    assert "trf_size" not in bare and "erf_trf_ratio_gaussian" not in bare
+    assert {k: v for k, v in s.items() if k in bare} == bare
+    flat = M.summary(np.ones((9, 9)))  # no tested square holds 99% of a flat map's mass
+    side, ratio = M.high_contribution_area_ratio(np.ones((9, 9)))
+    assert np.isnan(ratio[-1]) and flat["area_ratio"]["ratio"][-1] is None
+    assert flat["area_ratio"]["side"] == np.asarray(side).tolist() and side[-1] == 0
+    assert math.isnan(flat["gaussian_fit"]["r2"])  # undefined for a constant map
+
+
+def test_summary_errors():
+    m = gaussian_map((11, 11), (5, 5), (2, 2))
+    with pytest.raises(ValueError, match="axes"):
+        M.summary(m, (3, 3, 3))
+    with pytest.raises(ValueError, match="positive"):
+        M.summary(m, (3, 0))
+    with pytest.raises(TypeError, match="eagerly"):
+        jax.jit(M.summary)(jnp.asarray(m))

@@ -26,7 +26,7 @@ from rfjax import metrics
 from rfjax.erf import erf
 
 __all__ = ["Progress", "NoProgress", "make_result", "jsonable", "loglog_fit", "size_of",
-           "normalised", "random_images", "erf_over_draws", "RESULT_KEYS"]
+           "random_images", "erf_over_draws", "RESULT_KEYS"]
 
 #: Canvases up to this side are differentiated uncropped (see :func:`erf_over_draws`).
 SMALL_CANVAS = 40
@@ -93,13 +93,6 @@ def size_of(m: Any) -> float:
     :func:`rfjax.metrics.erf_size` (``4 sigma`` per axis, sigma from the moment fit), averaged
     over the axes, in pixels."""
     return float(np.mean(np.asarray(metrics.erf_size(np.asarray(m)).extent)))
-
-
-def normalised(m: Any) -> np.ndarray:
-    """``m / max(m)`` as float64 (0 for an all-zero map)."""
-    a = np.asarray(m, np.float64)
-    peak = float(np.max(np.abs(a))) if a.size else 0.0
-    return a / peak if peak > 0 else a
 
 
 def random_images(key: jax.Array, n: int, size: int | tuple[int, int], channels: int
