@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import importlib
 import inspect
 import json
@@ -29,7 +28,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "resolve_model", "builtin_models", "CLIError"]
+# rfjax.erf's options, imported in this one place (``rfjax.erf`` the attribute is the function).
+from rfjax.erf import CONVENTIONS, CROPS, REDUCTIONS, erf
+from rfjax.models import builtin_models
+
+__all__ = ["main", "resolve_model", "CLIError"]
 
 
 class CLIError(Exception):
@@ -43,129 +46,14 @@ class CLIError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A resolved model: ``make(seed, shape) -> fn`` and the example input shape."""
+    """A resolved model: ``make(seed, shape, layer, abstract) -> fn`` (a built-in's
+    ``rfjax.models.BuiltinModel.fn``, or a factory's ``fn``) and the example input shape."""
 
     name: str
     shape: tuple[int, ...]
     make: Callable[..., Callable]  # make(seed, shape, layer=None, abstract=False) -> fn
     seedable: bool  # whether different seeds give different weights
     layers: Callable[[tuple[int, ...]], dict[str, tuple[int, ...]]] | None = None
-
-
-def _layer_apply(module: Any, method: Any, path: tuple[str, ...], variables: Any, x: Any):
-    """``module.apply`` returning the output of the submodule at ``path`` (Flax
-    ``capture_intermediates``): the feature map of an inner layer."""
-
-    def filt(mdl: Any, method_name: str) -> bool:
-        return method_name == "__call__" and tuple(mdl.path) == path
-
-    kw = {} if method is None else {"method": method}
-    _, state = module.apply(variables, x, capture_intermediates=filt,
-                            mutable=["intermediates"], **kw)
-    node = state["intermediates"]
-    for part in path:
-        node = node[part]
-    return node["__call__"][-1]
-
-
-def _layer_shapes(module: Any, method: Any, shape: tuple[int, ...]) -> dict[str, tuple]:
-    """Name -> output shape of every submodule whose output is a feature map of ``shape``'s
-    rank (the names ``--layer`` accepts), in call order."""
-    import jax
-    import jax.numpy as jnp
-
-    kw = {} if method is None else {"method": method}
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-
-    def f(x):
-        variables = module.init(jax.random.key(0), x, **kw)
-        return module.apply(variables, x, capture_intermediates=True,
-                            mutable=["intermediates"], **kw)[1]
-
-    state = jax.eval_shape(f, x)
-    out: dict[str, tuple] = {}
-
-    def walk(node: Any, path: tuple[str, ...]) -> None:
-        if not isinstance(node, dict):
-            return
-        for k, v in node.items():
-            if k == "__call__":
-                shp = tuple(getattr(v[-1], "shape", ()))
-                if path and len(shp) == len(shape):
-                    out["/".join(path)] = shp
-            else:
-                walk(v, (*path, k))
-
-    walk(state.get("intermediates", {}), ())
-    return out
-
-
-def _flax_maker(module: Any, method: Any = None) -> Callable[..., Callable]:
-    def make(seed: int, shape: tuple[int, ...], layer: str | None = None,
-             abstract: bool = False) -> Callable:
-        import jax
-        import jax.numpy as jnp
-
-        kw = {} if method is None else {"method": method}
-        init = functools.partial(module.init, **kw)
-        if abstract:  # the TRF is structural: zero weights of the right shapes, no compiling
-            specs = jax.eval_shape(init, jax.random.key(seed),
-                                   jax.ShapeDtypeStruct(shape, jnp.float32))
-            variables = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), specs)
-        else:
-            variables = init(jax.random.key(seed), jnp.zeros(shape, jnp.float32))
-        if layer is not None:
-            path = tuple(p for p in layer.split("/") if p)
-            return functools.partial(_layer_apply, module, method, path, variables)
-        if method is None:
-            return functools.partial(module.apply, variables)
-        return functools.partial(module.apply, variables, method=method)
-
-    return make
-
-
-def _extra_models() -> dict[str, tuple[Any, tuple[int, ...], Any, str]]:
-    """Built-ins beyond ``zoo.examples()``: (module, shape, method, description)."""
-    from rfjax.models import zoo
-
-    out: dict[str, tuple[Any, tuple[int, ...], Any, str]] = {
-        "conv_stack_10x64": (zoo.ConvStack(n=10, features=64), (1, 64, 64, 3), None,
-                             "10 ReLU convs 3x3, 64 channels, He init (the ERF benchmark)"),
-        "linear_stack_10x64": (zoo.ConvStack(n=10, features=64, act=zoo.identity),
-                               (1, 64, 64, 3), None, "the same without nonlinearity"),
-        "resnet50_full": (zoo.ResNet(width=64), (1, 224, 224, 3), None,
-                          "ResNet-50 features (layer4), torchvision width"),
-        "resnet18_full": (zoo.ResNet(blocks=(2, 2, 2, 2), bottleneck=False, width=64),
-                          (1, 224, 224, 3), None, "ResNet-18 features (layer4), full width"),
-        "vgg16_full": (zoo.VGG16(width=64), (1, 224, 224, 3), None,
-                       "VGG-16 features, full width"),
-    }
-    try:
-        from rfjax.models.cifar import CifarNet
-
-        out["cifar"] = (CifarNet(), (1, 32, 32, 3), CifarNet.features,
-                        "CIFAR-10 net, last feature map (untrained weights)")
-    except ImportError:  # pragma: no cover - data models are optional here
-        pass
-    try:
-        from rfjax.models.camvid import CamVidNet
-
-        out["camvid"] = (CamVidNet(), (1, 184, 240, 3), None,
-                         "CamVid U-Net logits (untrained weights)")
-    except ImportError:  # pragma: no cover
-        pass
-    return out
-
-
-@functools.cache
-def builtin_models() -> dict[str, tuple[Any, tuple[int, ...], Any, str]]:
-    """Every built-in name -> (Flax module, example shape, apply method or None, description)."""
-    from rfjax.models import zoo
-
-    out = {name: (m, shape, None, f"zoo: {type(m).__name__} (small width)")
-           for name, (m, shape) in zoo.examples().items()}
-    out.update(_extra_models())
-    return out
 
 
 def _load_factory(spec: str) -> Callable:
@@ -208,9 +96,8 @@ def resolve_model(spec: str) -> Model:
     """
     models = builtin_models()
     if spec in models:
-        module, shape, method, _ = models[spec]
-        return Model(spec, shape, _flax_maker(module, method), True,
-                     functools.partial(_layer_shapes, module, method))
+        entry = models[spec]
+        return Model(spec, entry.shape, entry.fn, True, entry.layers)
     if ":" not in spec:
         near = [n for n in models if spec.lower() in n]
         hint = f" (did you mean {', '.join(near[:4])}?)" if near else ""
@@ -396,14 +283,14 @@ def _parser() -> _Parser:
     p.add_argument("--draws", type=_positive, default=1,
                    help="average over this many random weight draws (default 1; needs a "
                    "built-in model or a factory with a seed parameter)")
-    p.add_argument("--reduce", choices=("abs", "grad", "relu", "square"),
+    p.add_argument("--reduce", choices=REDUCTIONS,
                    help="per-element reduction of the gradient: abs |g| (the paper's, default "
                    "for --convention paper), grad (signed), relu max(g,0), square g^2")
-    p.add_argument("--convention", choices=("paper", "replknet", "openerf"), default="paper",
+    p.add_argument("--convention", choices=CONVENTIONS, default="paper",
                    help="paper (default); replknet: relu of the centre output, relu of the "
                    "gradient (RepLKNet erf/visualize_erf.py; --reduce must be unset or relu); "
                    "openerf: channel mean, then clamp (OpenERF; --reduce must be unset)")
-    p.add_argument("--crop", choices=("auto", "cone", "input", "none"), default="auto",
+    p.add_argument("--crop", choices=CROPS, default="auto",
                    help="evaluate only the unit's dependency cone (cone), the input window "
                    "(input), nothing cropped (none); auto (default): the best that applies. "
                    "Crops are verified on the first image")
@@ -520,8 +407,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"  {name:<{w}}  {'x'.join(map(str, shp))}")
         return 0
     w = max(len(n) for n in models)
-    for name, (_, shape, _, desc) in models.items():
-        print(f"{name:<{w}}  {'x'.join(map(str, shape)):<14}  {desc}")
+    for name, entry in models.items():
+        print(f"{name:<{w}}  {'x'.join(map(str, entry.shape)):<14}  {entry.description}")
     return 0
 
 
@@ -621,8 +508,6 @@ def _print_metrics(met: dict[str, Any]) -> None:
 
 def cmd_erf(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
-
-    from rfjax.erf import erf
 
     model = resolve_model(args.model)
     shape = _input_shape(model, args)

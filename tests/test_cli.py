@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -36,6 +37,10 @@ FACTORY = textwrap.dedent(
         import jax
         k = jax.random.normal(jax.random.key(seed), (3, 3, 1, 1))
         return _stack([k]), (1, 9, 9, 1)
+
+    def dead():
+        # a zero kernel: the ERF map is all zero, so it has no metrics
+        return _stack([jnp.zeros((3, 3, 1, 1))]), (1, 9, 9, 1)
 
     def bad_return():
         return 42
@@ -164,6 +169,35 @@ def test_erf_seeded_factory_draws(capsys, factories):
                      "--reduce", "grad", "--crop", "none")
     assert rc == 0, out
     assert "2 weight draw(s)" in out
+
+
+def test_erf_of_an_all_zero_map_notes_that_it_has_no_metrics(capsys, factories):
+    js = factories / "z.json"
+    rc, out, _ = run(capsys, "erf", "cli_factories:dead", "--images", "2", "--json", str(js))
+    assert rc == 0, out
+    assert "no metrics: map is all zero" in out
+    data = json.loads(js.read_text())
+    assert data["note"].startswith("no metrics: map is all zero") and "size_gaussian" not in data
+
+
+def test_erf_options_are_the_library_constants(capsys):
+    import inspect
+
+    from rfjax.cli import _parser
+    from rfjax.erf import CONVENTIONS, CROPS, REDUCTIONS, erf
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    actions = {a.dest: a for a in sub.choices["erf"]._actions}
+    defaults = inspect.signature(erf).parameters
+    for dest, const in (("reduce", REDUCTIONS), ("convention", CONVENTIONS), ("crop", CROPS)):
+        assert actions[dest].choices is const
+        if dest != "reduce":  # --reduce defaults to the convention's own (None: unset)
+            assert actions[dest].default == defaults[dest].default
+    with pytest.raises(SystemExit):
+        main(["erf", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for const in (REDUCTIONS, CONVENTIONS, CROPS):
+        assert "{" + ",".join(const) + "}" in out
 
 
 @pytest.mark.parametrize(

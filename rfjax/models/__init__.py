@@ -1,9 +1,11 @@
 """Flax linen models: the reference architectures (``zoo``) and the paper's data models
 (``cifar.CifarNet``, VGG-style, and ``cifar.CifarResNet``, the paper's 17-block ResNet, both
-with a TRF of 74x74 on CIFAR-10; ``camvid.CamVidNet``, a U-Net for CamVid)."""
+with a TRF of 74x74 on CIFAR-10; ``camvid.CamVidNet``, a U-Net for CamVid); ``registry``: the
+built-in models by name (``builtin_models``, ``model_fn``), as ``rfjax models`` lists them."""
 
 from rfjax.models.camvid import CamVidNet
 from rfjax.models.cifar import CifarNet, CifarResNet
+from rfjax.models.registry import BuiltinModel, builtin_models, get_model, model_fn
 from rfjax.models.zoo import (
     VGG16,
     AlexNet,
@@ -34,6 +36,7 @@ __all__ = [
     "AlexNet",
     "BasicBlock",
     "Bottleneck",
+    "BuiltinModel",
     "CamVidNet",
     "CifarNet",
     "CifarResNet",
@@ -55,4 +58,7 @@ __all__ = [
     "init_variables",
     "pool_nd",
     "examples",
+    "builtin_models",
+    "get_model",
+    "model_fn",
 ]

@@ -1,0 +1,139 @@
+"""The output of an inner layer of a Flax linen model, as a function of the model's input.
+
+``intermediate_apply(module, name, collection, variables, x)`` is ``module.apply(variables, x)``
+returning, instead of the model's output, the value of the submodule at the path ``name``
+(``capture_intermediates``, e.g. ``"Conv_3"`` or ``"layer2_0/conv2"``) or a value ``sow``n under
+``name`` into ``collection``. With ``functools.partial`` it is the ``fn`` whose TRF or ERF is
+that layer's (``rfjax.erf_intermediate``, ``rfjax --layer``). :func:`layer_shapes` lists the
+names and output shapes of a model's submodules without running it.
+
+Nothing here imports ``rfjax.erf`` (which uses this module); Flax is duck-typed (anything with
+``init``/``apply`` of the linen signature).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+__all__ = ["intermediate_apply", "intermediate_names", "layer_shapes"]
+
+
+def _lookup(node: Any, part: str, path: str) -> Any:
+    """One step of a ``"/"``-separated path: a dict key, a sequence index or an attribute."""
+    if isinstance(node, Mapping):
+        if part in node:
+            return node[part]
+        raise ValueError(f"output path {path!r}: no key {part!r}; keys are {sorted(node)}")
+    if isinstance(node, Sequence) and part.lstrip("-").isdigit():
+        return node[int(part)]
+    if hasattr(node, part):
+        return getattr(node, part)
+    raise ValueError(f"output path {path!r}: cannot look up {part!r} in {type(node).__name__}")
+
+
+def _lookup_path(node: Any, path: str) -> Any:
+    """``node`` followed along the ``"/"``-separated ``path`` (empty parts are skipped)."""
+    for part in [p for p in path.split("/") if p]:
+        node = _lookup(node, part, path)
+    return node
+
+
+def _last_value(node: Any) -> Any:
+    """A Flax ``capture_intermediates`` node (``{"__call__": (value,)}``) or a ``sow`` tuple ->
+    its last value (repeatedly); anything else unchanged."""
+    while True:
+        if isinstance(node, Mapping) and "__call__" in node:
+            node = node["__call__"]
+        elif isinstance(node, (tuple, list)) and node and not hasattr(node, "_fields"):
+            node = node[-1]
+        else:
+            return node
+
+
+def _leaves(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any, bool]]:
+    """``(path, value, captured)`` for every entry of a captured/sown tree, in order:
+    ``captured`` for a submodule's ``__call__`` output, else a sown (or other) leaf."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if k == "__call__":
+                yield path, v, True
+            else:
+                yield from _leaves(v, (*path, k))
+    else:
+        yield path, node, False
+
+
+def intermediate_names(node: Any) -> list[str]:
+    """The ``"/"``-joined names of every value in a captured/sown tree (e.g. the
+    ``"intermediates"`` collection of ``module.apply(..., mutable=["intermediates"])``)."""
+    return ["/".join(path) for path, _, _ in _leaves(node)]
+
+
+def intermediate_apply(module: Any, name: str, collection: str, variables: Any, x: Any, *,
+                       method: Any = None) -> Any:
+    """``module.apply(variables, x)`` returning the value captured or sown under ``name``.
+
+    Args:
+      module: a Flax linen module.
+      name: the submodule path as in ``capture_intermediates`` (``"Conv_3"``,
+        ``"block2/conv"``; the submodule's last ``__call__`` output), or a name ``sow``n into
+        ``collection`` (its last value), or a key of the intermediates dict of a model that
+        returns ``(out, intermediates)``.
+      collection: the mutable collection to read (``"intermediates"``).
+      variables: the module's variables.
+      x: the input.
+      method: the module's method to apply (``module.apply(..., method=method)``); ``None``
+        for ``__call__``.
+
+    Raises:
+      ValueError: no value named ``name`` (the message lists the names that were captured or
+        sown).
+    """
+    path = tuple(p for p in name.split("/") if p)
+
+    def filt(mdl: Any, method_name: str) -> bool:
+        return method_name == "__call__" and tuple(mdl.path) == path
+
+    kw = {} if method is None else {"method": method}
+    out, state = module.apply(variables, x, capture_intermediates=filt, mutable=[collection],
+                              **kw)
+    node = state.get(collection, {})
+    try:
+        return _last_value(_lookup_path(node, name))
+    except ValueError:
+        pass
+    # A model that returns (out, intermediates): look the name up in its own dict.
+    if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], Mapping):
+        return _last_value(_lookup_path(out[1], name))
+    raise ValueError(
+        f"no intermediate named {name!r}: captured/sown names in {collection!r} are "
+        f"{intermediate_names(node)}"
+    )
+
+
+def layer_shapes(module: Any, shape: Sequence[int], *, method: Any = None) -> dict[str, tuple]:
+    """Name -> output shape of every submodule whose output has the rank of the input
+    ``shape`` (the feature maps, ``(N, *spatial, C)`` for an ``(N, *spatial, C)`` input): the
+    names :func:`intermediate_apply` takes, in jax's pytree order (names sorted at each level
+    of the module tree). Traced abstractly (``jax.eval_shape``: no weights are allocated,
+    nothing is compiled).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    shape = tuple(shape)
+    kw = {} if method is None else {"method": method}
+
+    def run(x: Any) -> Any:
+        variables = module.init(jax.random.key(0), x, **kw)
+        return module.apply(variables, x, capture_intermediates=True,
+                            mutable=["intermediates"], **kw)[1]
+
+    state = jax.eval_shape(run, jax.ShapeDtypeStruct(shape, jnp.float32))
+    out: dict[str, tuple] = {}
+    for path, value, captured in _leaves(state.get("intermediates", {})):
+        shp = tuple(getattr(value[-1], "shape", ())) if captured else ()
+        if captured and path and len(shp) == len(shape):
+            out["/".join(path)] = shp
+    return out
