@@ -7,8 +7,9 @@ returning, instead of the model's output, the value of the submodule at the path
 that layer's (``rfjax.erf_intermediate``, ``rfjax --layer``). :func:`layer_shapes` lists the
 names and output shapes of a model's submodules without running it.
 
-Nothing here imports ``rfjax.erf`` (which uses this module); Flax is duck-typed (anything with
-``init``/``apply`` of the linen signature).
+Nothing here imports ``rfjax.erf`` (so that it can use this module); names are looked up with
+:func:`rfjax.selection.select_output`; Flax is duck-typed (anything with ``init``/``apply`` of
+the linen signature).
 """
 
 from __future__ import annotations
@@ -16,39 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from rfjax.selection import select_output
+
 __all__ = ["intermediate_apply", "intermediate_names", "layer_shapes"]
-
-
-def _lookup(node: Any, part: str, path: str) -> Any:
-    """One step of a ``"/"``-separated path: a dict key, a sequence index or an attribute."""
-    if isinstance(node, Mapping):
-        if part in node:
-            return node[part]
-        raise ValueError(f"output path {path!r}: no key {part!r}; keys are {sorted(node)}")
-    if isinstance(node, Sequence) and part.lstrip("-").isdigit():
-        return node[int(part)]
-    if hasattr(node, part):
-        return getattr(node, part)
-    raise ValueError(f"output path {path!r}: cannot look up {part!r} in {type(node).__name__}")
-
-
-def _lookup_path(node: Any, path: str) -> Any:
-    """``node`` followed along the ``"/"``-separated ``path`` (empty parts are skipped)."""
-    for part in [p for p in path.split("/") if p]:
-        node = _lookup(node, part, path)
-    return node
-
-
-def _last_value(node: Any) -> Any:
-    """A Flax ``capture_intermediates`` node (``{"__call__": (value,)}``) or a ``sow`` tuple ->
-    its last value (repeatedly); anything else unchanged."""
-    while True:
-        if isinstance(node, Mapping) and "__call__" in node:
-            node = node["__call__"]
-        elif isinstance(node, (tuple, list)) and node and not hasattr(node, "_fields"):
-            node = node[-1]
-        else:
-            return node
 
 
 def _leaves(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any, bool]]:
@@ -100,12 +71,12 @@ def intermediate_apply(module: Any, name: str, collection: str, variables: Any, 
                               **kw)
     node = state.get(collection, {})
     try:
-        return _last_value(_lookup_path(node, name))
+        return select_output(node, name)
     except ValueError:
         pass
     # A model that returns (out, intermediates): look the name up in its own dict.
     if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], Mapping):
-        return _last_value(_lookup_path(out[1], name))
+        return select_output(out[1], name)
     raise ValueError(
         f"no intermediate named {name!r}: captured/sown names in {collection!r} are "
         f"{intermediate_names(node)}"
