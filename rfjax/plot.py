@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from rfjax.metrics import normalize_map  # noqa: E402
+from rfjax.metrics import normalize_map
 
 __all__ = ["save", "outline_region", "erf_heatmap", "paper_figure", "FIGURES"]
 
