@@ -72,7 +72,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
-from rfjax.erf import erf  # noqa: E402
+from rfjax.effective import erf  # noqa: E402
 from rfjax.metrics import normalize_map  # noqa: E402
 
 try:

@@ -1,10 +1,13 @@
 """rfjax: exact theoretical and effective receptive fields of any JAX function.
 
-The public API is listed in ``__all__``; everything else is internal. Submodules:
-``rfjax.metrics`` (ERF size, Gaussian fit, ratios), ``rfjax.theory`` (the paper's closed forms),
-``rfjax.models`` (Flax reference models), ``rfjax.data`` (CIFAR-10 / CamVid through TFDS,
-without TensorFlow), ``rfjax.train`` (optax training with orbax checkpoints),
-``rfjax.experiments`` and ``rfjax.plot`` (the paper's figures).
+The public API is listed in ``__all__``; everything else is internal. ``rfjax.trf`` and
+``rfjax.erf`` are the functions; their modules are ``rfjax.theoretical`` and
+``rfjax.effective``. Submodules: ``rfjax.metrics`` (ERF size, Gaussian fit, ratios,
+``summary``), ``rfjax.theory`` (the paper's closed forms), ``rfjax.calculator`` (the textbook
+recurrences), ``rfjax.models`` (Flax reference models and the built-in registry),
+``rfjax.data`` (CIFAR-10 / CamVid through TFDS, without TensorFlow), ``rfjax.train`` (optax
+training with orbax checkpoints), ``rfjax.experiments`` and ``rfjax.plot`` (the paper's
+figures). ``ARCHITECTURE.md`` says where each piece of code lives.
 """
 
 from rfjax import metrics, theory
@@ -16,8 +19,8 @@ from rfjax.calculator import (
     receptive_size,
 )
 from rfjax.callables import clear_cache
-from rfjax.erf import ERF, InputTypeError, erf, erf_intermediate, erf_merge, erf_weight_draws
-from rfjax.trf import (
+from rfjax.effective import ERF, InputTypeError, erf, erf_intermediate, erf_merge, erf_weight_draws
+from rfjax.theoretical import (
     TRF,
     BatchCouplingWarning,
     DynamicDependencyError,

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-# rfjax.erf's options, imported in this one place (``rfjax.erf`` the attribute is the function).
-from rfjax.erf import CONVENTIONS, CROPS, REDUCTIONS, erf
+# The ERF options, imported in this one place.
+from rfjax.effective import CONVENTIONS, CROPS, REDUCTIONS, erf
 from rfjax.models import builtin_models
 
 __all__ = ["main", "resolve_model", "CLIError"]

@@ -49,7 +49,7 @@ from rfjax.engine.cone_ir import IR, Cone, Node, Unsupported, clip, is_dependent
 from rfjax.engine.records import INLINE, ConeRule
 from rfjax.engine.rules.elementwise import ELEMENTWISE_CONE
 from rfjax.selection import select_output
-from rfjax.trf import TRFError, trf
+from rfjax.theoretical import TRFError, trf
 
 __all__ = ["CropPlan", "Unsupported", "cone_plan", "input_window", "plan_crop"]
 

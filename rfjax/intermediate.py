@@ -7,7 +7,7 @@ returning, instead of the model's output, the value of the submodule at the path
 that layer's (``rfjax.erf_intermediate``, ``rfjax --layer``). :func:`layer_shapes` lists the
 names and output shapes of a model's submodules without running it.
 
-Nothing here imports ``rfjax.erf`` (so that it can use this module); names are looked up with
+Nothing here imports ``rfjax.effective`` (so that it can use this module); names are looked up with
 :func:`rfjax.selection.select_output`; Flax is duck-typed (anything with ``init``/``apply`` of
 the linen signature).
 """

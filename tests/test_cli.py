@@ -184,7 +184,7 @@ def test_erf_options_are_the_library_constants(capsys):
     import inspect
 
     from rfjax.cli import _parser
-    from rfjax.erf import CONVENTIONS, CROPS, REDUCTIONS, erf
+    from rfjax.effective import CONVENTIONS, CROPS, REDUCTIONS, erf
 
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     actions = {a.dest: a for a in sub.choices["erf"]._actions}

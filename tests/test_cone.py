@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from rfjax.cone import Unsupported, cone_plan, input_window
-from rfjax.erf import erf
-from rfjax.trf import trf
+from rfjax.effective import erf
+from rfjax.theoretical import trf
 
 DN = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
 

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 from scipy.signal import convolve
 
-from rfjax.erf import (
+from rfjax.effective import (
     ERF,
     InputTypeError,
     erf,
@@ -436,7 +436,7 @@ def test_sharded_equals_unsharded_on_two_cpu_devices(tmp_path):
     script = textwrap.dedent(
         """
         import functools, jax, jax.numpy as jnp, numpy as np
-        from rfjax.erf import erf
+        from rfjax.effective import erf
         assert len(jax.devices()) == 2, jax.devices()
         k = jax.random.normal(jax.random.key(0), (3, 3, 2, 3))
         def fn(k, x):
@@ -485,7 +485,7 @@ def test_scipy_oracle_for_a_linear_net():
 
 
 def test_progress_bar_is_off_without_a_terminal_or_when_asked(monkeypatch):
-    from rfjax.erf import _progress
+    from rfjax.effective import _progress
 
     monkeypatch.setenv("RFJAX_NO_PROGRESS", "0")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)

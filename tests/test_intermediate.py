@@ -86,7 +86,7 @@ def test_unknown_names_list_what_was_captured():
 
 def test_same_behaviour_as_erf_intermediate():
     # rfjax.erf_intermediate's fn (until erf.py imports this module's, when this is trivial)
-    from rfjax.erf import _intermediate_apply
+    from rfjax.effective import _intermediate_apply
 
     model, v = Net(), variables()
     for name in ("conv1", "feat", "block/conv", "block"):
@@ -130,8 +130,8 @@ def _imported(path):
 
 
 @pytest.mark.parametrize(("path", "forbidden"), [
-    ("intermediate.py", "rfjax.erf"),
-    ("metrics.py", "rfjax.erf"),
+    ("intermediate.py", "rfjax.effective"),
+    ("metrics.py", "rfjax.effective"),
     ("progress.py", "rfjax"),
     ("models/registry.py", "rfjax.cli"),
     ("models/__init__.py", "rfjax.cli"),

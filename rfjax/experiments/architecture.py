@@ -34,7 +34,7 @@ from rfjax.experiments.common import (
     size_of,
 )
 from rfjax.models.zoo import ConvStack
-from rfjax.trf import trf
+from rfjax.theoretical import trf
 
 __all__ = ["NonlinearitiesConfig", "run_nonlinearities", "holds_nonlinearities", "ACTS",
            "SubsamplingDilationConfig", "run_subsampling_dilation",

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rfjax import metrics
-from rfjax.erf import erf
+from rfjax.effective import erf
 
 __all__ = ["Progress", "NoProgress", "make_result", "jsonable", "loglog_fit", "size_of",
            "random_images", "erf_over_draws", "RESULT_KEYS"]

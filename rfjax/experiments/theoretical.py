@@ -22,10 +22,10 @@ import jax
 import numpy as np
 
 from rfjax import metrics
-from rfjax.erf import erf
+from rfjax.effective import erf
 from rfjax.experiments.common import NoProgress, Progress, make_result, random_images, size_of
 from rfjax.models.zoo import ConvStack, ViT, identity
-from rfjax.trf import trf
+from rfjax.theoretical import trf
 
 __all__ = ["TRFExampleConfig", "run_trf_example", "holds_trf_example",
            "CNNvsTransformerConfig", "run_cnn_vs_transformer", "holds_cnn_vs_transformer",

@@ -29,9 +29,9 @@ import jax
 import numpy as np
 
 from rfjax import data as rdata
-from rfjax.erf import erf
+from rfjax.effective import erf
 from rfjax.experiments.common import NoProgress, Progress, make_result, size_of
-from rfjax.trf import trf
+from rfjax.theoretical import trf
 
 __all__ = ["TrainingConfig", "run_training", "holds_training", "GROWTH", "erf_along_training"]
 

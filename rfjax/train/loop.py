@@ -13,7 +13,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 import optax
 
 from rfjax import data as rdata
+from rfjax.progress import progress
 from rfjax.train import checkpoint as ckpt
 from rfjax.train.config import TrainConfig
 from rfjax.train.tasks import Model, get_task, make_model
@@ -125,10 +125,7 @@ def _brief(scores: dict) -> dict:
 
 
 def _progress(total: int, initial: int):
-    from tqdm.auto import tqdm
-
-    disable = os.environ.get("RFJAX_NO_PROGRESS") == "1" or not sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, disable=disable, unit="step", dynamic_ncols=True)
+    return progress(total, None, initial=initial, unit="step", dynamic_ncols=True)
 
 
 def train(

@@ -55,8 +55,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import os
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -68,6 +66,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rfjax import callables
 from rfjax.callables import InputTypeError
+from rfjax.intermediate import intermediate_apply as _intermediate_apply
+from rfjax.progress import progress as _progress_bar
 from rfjax.selection import check_unit, select_output
 
 __all__ = [
@@ -366,12 +366,7 @@ def _chunks(batches, batch_size: int | None, multiple: int):
 
 
 def _progress(total: int | None, desc: str, enabled: bool = True):
-    from tqdm.auto import tqdm
-
-    disable = not enabled or os.environ.get("RFJAX_NO_PROGRESS", "0") not in ("", "0") or not (
-        hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    )
-    return tqdm(total=total, desc=desc, unit="chunk", disable=disable, leave=False)
+    return _progress_bar(total, desc, enabled, unit="chunk", leave=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -628,40 +623,6 @@ def _verify(entry, res, spec, mode, plan, chunk, spatial):
 # --------------------------------------------------------------------------------------------
 # Intermediate units and weight draws
 # --------------------------------------------------------------------------------------------
-
-
-def _intermediate_apply(module, name, collection, variables, x):
-    """``module.apply`` returning the value captured or sown under ``name``."""
-    path = tuple(p for p in name.split("/") if p)
-
-    def filt(mdl, method_name):
-        return method_name == "__call__" and tuple(mdl.path) == path
-
-    out, state = module.apply(variables, x, capture_intermediates=filt, mutable=[collection])
-    node = state.get(collection, {})
-    try:
-        return select_output(node, name)
-    except ValueError:
-        pass
-    # A model that returns (out, intermediates): look the name up in its own dict.
-    if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], Mapping):
-        return select_output(out[1], name)
-    raise ValueError(
-        f"no intermediate named {name!r}: captured/sown names in {collection!r} are "
-        f"{_names(node)}"
-    )
-
-
-def _names(node, prefix=""):
-    if isinstance(node, Mapping):
-        out = []
-        for k, v in node.items():
-            if k == "__call__":
-                out.append(prefix.rstrip("/"))
-            else:
-                out.extend(_names(v, f"{prefix}{k}/"))
-        return out
-    return [prefix.rstrip("/")]
 
 
 def erf_intermediate(
