@@ -1,7 +1,8 @@
 """Figures (matplotlib only here): ERF maps, TRF outlines, log-log growth plots.
 
 Every function takes plain NumPy data (produced by :mod:`rfjax.experiments` or
-:mod:`rfjax.effective`) and returns a ``matplotlib.figure.Figure``; :func:`save` writes it as PNG and closes it.
+:mod:`rfjax.effective`) and returns a ``matplotlib.figure.Figure``; :func:`save` writes it as
+PNG and closes it.
 Maps are ``(H, W)`` arrays indexed ``[row, col]`` and drawn with ``origin="upper"``; a TRF
 region is ``((row_start, row_stop), (col_start, col_stop))``, inclusive.
 
