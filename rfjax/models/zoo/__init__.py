@@ -9,8 +9,9 @@ Conventions shared by every model here:
   strided layers.
 - ``act``: the nonlinearity (``identity`` for none). ``pool``: ``"max"`` or ``"avg"``, used
   wherever the original network max-pools (average pooling includes the zero padding, so it
-  has the same support). ``act=identity, pool="avg"`` with positive weights gives the
-  "positive linear surrogate" whose gradient support is the exact theoretical receptive field.
+  has the same support); models that never pool have no ``pool`` field. ``act=identity,
+  pool="avg"`` with positive weights gives the "positive linear surrogate" whose gradient
+  support is the exact theoretical receptive field.
 - ``width``: the channel count of the first stage (small by default: the receptive field does
   not depend on it). Full torchvision width is 64 for ``VGG16``, ``AlexNet`` and ``ResNet``.
 - BatchNorm (``ResNet`` only) runs in inference mode (running averages) unless ``train=True``;

@@ -38,7 +38,6 @@ class MisalignedBlock(nn.Module):
     tail: int = 0
     features: int = 4
     act: Act = nn.relu
-    pool: str = "max"  # unused
 
     @nn.compact
     def __call__(self, x: Array) -> Array:

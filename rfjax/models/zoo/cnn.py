@@ -48,7 +48,6 @@ class ConvStack(nn.Module):
         (variance ``1/fan_in``), ``"positive"`` (``|He|``), or an initializer callable.
       act: nonlinearity after each layer (``identity`` for a linear net).
       act_on_last: whether ``act`` also follows the last layer.
-      pool: unused (no pooling); kept so every zoo model takes the same fields.
     """
 
     n: int = 4
@@ -61,7 +60,6 @@ class ConvStack(nn.Module):
     kernel_init: str | Callable[..., Any] = "random"
     act: Act = nn.relu
     act_on_last: bool = True
-    pool: str = "max"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -106,7 +104,6 @@ class DilatedStack(nn.Module):
     kernel: int = 3
     features: int = 4
     act: Act = nn.relu
-    pool: str = "max"  # unused
 
     @nn.compact
     def __call__(self, x: Array) -> Array:

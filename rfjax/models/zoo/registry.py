@@ -29,24 +29,24 @@ def examples(
     """One small instance of every model with an example input shape ``(N, *spatial, C)``.
 
     ``act=None`` keeps each model's own default (ReLU; GELU for the ViT); ``act=identity,
-    pool="avg"`` builds the linear surrogates. The expected fields at these shapes are in
+    pool="avg"`` builds the linear surrogates (``pool`` goes to the models that pool; the
+    others take no ``pool`` field). The expected fields at these shapes are in
     ``tests/test_zoo.py``.
     """
     _check_pool(pool, "zoo")
-    kw: dict[str, Any] = {"pool": pool}
-    if act is not None:
-        kw["act"] = act
+    kw: dict[str, Any] = {} if act is None else {"act": act}  # every model
+    pk: dict[str, Any] = {**kw, "pool": pool}  # the models that pool
     return {
         "conv_stack": (ConvStack(n=4, **kw), (1, 16, 16, 2)),
         "conv_stack_strided": (ConvStack(n=3, strides=(2, 1, 2), dilations=(1, 2, 1), **kw),
                                (1, 32, 32, 2)),
-        "vgg16": (VGG16(width=2, **kw), (1, 224, 224, 3)),
-        "alexnet": (AlexNet(width=2, **kw), (1, 224, 224, 3)),
-        "resnet50": (ResNet(width=2, **kw), (1, 224, 224, 3)),
-        "resnet18": (ResNet(blocks=(2, 2, 2, 2), bottleneck=False, width=2, **kw),
+        "vgg16": (VGG16(width=2, **pk), (1, 224, 224, 3)),
+        "alexnet": (AlexNet(width=2, **pk), (1, 224, 224, 3)),
+        "resnet50": (ResNet(width=2, **pk), (1, 224, 224, 3)),
+        "resnet18": (ResNet(blocks=(2, 2, 2, 2), bottleneck=False, width=2, **pk),
                      (1, 224, 224, 3)),
         "dilated": (DilatedStack(**kw), (1, 40, 40, 2)),
-        "nonsquare": (NonSquareNet(**kw), (1, 20, 24, 2)),
+        "nonsquare": (NonSquareNet(**pk), (1, 20, 24, 2)),
         "transposed": (TransposedConvNet(**kw), (1, 16, 16, 2)),
         "transposed_k3": (TransposedConvNet(up_kernel=3, up_padding=((1, 2), (1, 2)), **kw),
                           (1, 16, 16, 2)),
@@ -54,14 +54,14 @@ def examples(
         "misaligned_gap": (MisalignedBlock(kernel_a=1, padding_a=0, kernel_b=1,
                                            padding_b=((-2, 2), (-2, 2)), tail=1, **kw),
                            (1, 16, 16, 2)),
-        "inception": (InceptionNet(**kw), (1, 16, 16, 2)),
-        "unet": (UNet(**kw), (1, 32, 32, 2)),
-        "unet_bilinear": (UNet(upsample="bilinear", **kw), (1, 32, 32, 2)),
-        "unet_nearest": (UNet(upsample="nearest", **kw), (1, 32, 32, 2)),
+        "inception": (InceptionNet(**pk), (1, 16, 16, 2)),
+        "unet": (UNet(**pk), (1, 32, 32, 2)),
+        "unet_bilinear": (UNet(upsample="bilinear", **pk), (1, 32, 32, 2)),
+        "unet_nearest": (UNet(upsample="nearest", **pk), (1, 32, 32, 2)),
         "vit": (ViT(**kw), (1, 16, 16, 3)),
         "vit_embed": (ViT(upto=0, **kw), (1, 16, 16, 3)),
-        "conv1d": (Conv1DNet(**kw), (1, 32, 2)),
-        "conv3d": (Conv3DNet(**kw), (1, 12, 16, 16, 2)),
-        "gap_classifier": (GAPClassifier(**kw), (1, 16, 16, 3)),
+        "conv1d": (Conv1DNet(**pk), (1, 32, 2)),
+        "conv3d": (Conv3DNet(**pk), (1, 12, 16, 16, 2)),
+        "gap_classifier": (GAPClassifier(**pk), (1, 16, 16, 3)),
         "spatial_attention": (SpatialAttentionNet(**kw), (1, 16, 16, 3)),
     }

@@ -20,7 +20,6 @@ class SpatialAttentionNet(nn.Module):
     features: int = 8
     heads: int = 2
     act: Act = nn.relu
-    pool: str = "max"  # unused
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -70,7 +69,6 @@ class ViT(nn.Module):
     upto: int | None = None
     all_layers: bool = False
     act: Act = nn.gelu
-    pool: str = "max"  # unused
 
     @nn.compact
     def __call__(self, x: Array) -> Array | tuple[Array, ...]:

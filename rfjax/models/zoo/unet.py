@@ -37,7 +37,6 @@ class TransposedConvNet(nn.Module):
     up_stride: int = 2
     up_padding: Padding = ((2, 2), (2, 2))
     act: Act = nn.relu
-    pool: str = "max"  # unused
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
