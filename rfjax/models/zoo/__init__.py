@@ -14,9 +14,12 @@ Conventions shared by every model here:
   support is the exact theoretical receptive field.
 - ``width``: the channel count of the first stage (small by default: the receptive field does
   not depend on it). Full torchvision width is 64 for ``VGG16``, ``AlexNet`` and ``ResNet``.
-- BatchNorm (``ResNet`` only) runs in inference mode (running averages) unless ``train=True``;
-  in training mode it uses batch statistics, which couples the images of a batch, and
-  ``apply`` must be called with ``mutable=["batch_stats"]`` (it then returns ``(y, updates)``).
+  ``DenseNet`` (``growth``, ``init_features``, ``bn_size``) and ``SwinTransformer``
+  (``embed_dim``, ``heads``) default to the full DenseNet-121 and Swin-T.
+- BatchNorm (``ResNet`` and ``DenseNet``) runs in inference mode (running averages) unless
+  ``train=True``; in training mode it uses batch statistics, which couples the images of a
+  batch, and ``apply`` must be called with ``mutable=["batch_stats"]`` (it then returns
+  ``(y, updates)``).
 
 The expected theoretical receptive fields (by the textbook recurrence) are recorded in
 ``tests/test_zoo.py``; ``examples()`` lists one small instance of each model with an example input
@@ -25,8 +28,8 @@ shape.
 Modules, by family (every public name is re-exported here): ``common`` (helpers: ``identity``,
 ``pool_nd``, ``init_variables``, paddings, initialisers), ``cnn`` (sequential stacks, VGG-16,
 AlexNet, the GAP classifier), ``resnet``, ``branches`` (misaligned branches, Inception),
-``unet`` (transposed convolutions, U-Net), ``transformer`` (attention, ViT) and ``registry``
-(``examples``).
+``unet`` (transposed convolutions, U-Net), ``transformer`` (attention, ViT), ``densenet``
+(DenseNet-121), ``swin`` (Swin-T) and ``registry`` (``examples``).
 """
 
 from rfjax.models.zoo.branches import InceptionNet, MisalignedBlock
@@ -41,8 +44,10 @@ from rfjax.models.zoo.cnn import (
     NonSquareNet,
 )
 from rfjax.models.zoo.common import identity, init_variables, pool_nd
+from rfjax.models.zoo.densenet import DenseLayer, DenseNet, Transition
 from rfjax.models.zoo.registry import examples
 from rfjax.models.zoo.resnet import BasicBlock, Bottleneck, ResNet
+from rfjax.models.zoo.swin import PatchMerging, SwinBlock, SwinTransformer, WindowAttention
 from rfjax.models.zoo.transformer import SpatialAttentionNet, TransformerBlock, ViT
 from rfjax.models.zoo.unet import TransposedConvNet, UNet
 
@@ -53,18 +58,25 @@ __all__ = [
     "Conv1DNet",
     "Conv3DNet",
     "ConvStack",
+    "DenseLayer",
+    "DenseNet",
     "DilatedStack",
     "GAPClassifier",
     "InceptionNet",
     "MisalignedBlock",
     "NonSquareNet",
+    "PatchMerging",
     "ResNet",
     "SpatialAttentionNet",
+    "SwinBlock",
+    "SwinTransformer",
     "TransformerBlock",
+    "Transition",
     "TransposedConvNet",
     "UNet",
     "VGG16",
     "ViT",
+    "WindowAttention",
     "identity",
     "init_variables",
     "pool_nd",

@@ -18,7 +18,9 @@ from rfjax.models.zoo.cnn import (
     NonSquareNet,
 )
 from rfjax.models.zoo.common import Act, _check_pool
+from rfjax.models.zoo.densenet import DenseNet
 from rfjax.models.zoo.resnet import ResNet
+from rfjax.models.zoo.swin import SwinTransformer
 from rfjax.models.zoo.transformer import SpatialAttentionNet, ViT
 from rfjax.models.zoo.unet import TransposedConvNet, UNet
 
@@ -28,7 +30,7 @@ def examples(
 ) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
     """One small instance of every model with an example input shape ``(N, *spatial, C)``.
 
-    ``act=None`` keeps each model's own default (ReLU; GELU for the ViT); ``act=identity,
+    ``act=None`` keeps each model's own default (ReLU; GELU for the ViT and Swin); ``act=identity,
     pool="avg"`` builds the linear surrogates (``pool`` goes to the models that pool; the
     others take no ``pool`` field). The expected fields at these shapes are in
     ``tests/test_zoo.py``.
@@ -45,6 +47,8 @@ def examples(
         "resnet50": (ResNet(width=2, **pk), (1, 224, 224, 3)),
         "resnet18": (ResNet(blocks=(2, 2, 2, 2), bottleneck=False, width=2, **pk),
                      (1, 224, 224, 3)),
+        "densenet121": (DenseNet(growth=2, init_features=4, bn_size=1, **pk), (1, 224, 224, 3)),
+        "swin_t": (SwinTransformer(embed_dim=4, heads=(1, 1, 1, 1), **kw), (1, 224, 224, 3)),
         "dilated": (DilatedStack(**kw), (1, 40, 40, 2)),
         "nonsquare": (NonSquareNet(**pk), (1, 20, 24, 2)),
         "transposed": (TransposedConvNet(**kw), (1, 16, 16, 2)),
