@@ -16,6 +16,11 @@ one uniform ``u*stride - padding`` formula (transposed convolutions, U-Net), and
 ``_axis_set``/``_mask`` compute exact per-unit dependency sets (with holes) for the
 multi-branch nets (misaligned branches, Inception cross). Models with global fields (ViT after
 its first block, the attention net, the dense head) are listed in ``GLOBAL``.
+
+DenseNet-121's field is its longest path (``_densenet_chain``), checked against ``rfjax.trf``
+at every dense layer. Swin's windows are fixed by position (not one box moving with the unit):
+``_swin_axis`` computes a stage's per-token fields by hand (regular then shifted windows,
+cyclic wrap, padding), checked against the gradient oracle and ``rfjax.trf``.
 """
 
 from __future__ import annotations
