@@ -34,9 +34,11 @@ def main(argv: list[str] | None = None) -> None:
         model, shape = models[name]
         params = zoo.init_variables(model, shape)
         t0 = time.perf_counter()
+        # ViT(all_layers=True) returns one array per layer: report the last one.
+        last = isinstance(model, zoo.ViT) and model.all_layers
         t = rfjax.trf(functools.partial(model.apply, params), jax.ShapeDtypeStruct(shape,
                                                                                   "float32"),
-                      output=-1 if name == "vit_all" else None)
+                      output=-1 if last else None)
         centre = tuple(n // 2 for n in t.output_shape)
         msum = int(t.mask(centre).sum()) if t.output_shape else int(t.is_global[0])
         dt = time.perf_counter() - t0

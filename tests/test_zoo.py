@@ -16,6 +16,11 @@ one uniform ``u*stride - padding`` formula (transposed convolutions, U-Net), and
 ``_axis_set``/``_mask`` compute exact per-unit dependency sets (with holes) for the
 multi-branch nets (misaligned branches, Inception cross). Models with global fields (ViT after
 its first block, the attention net, the dense head) are listed in ``GLOBAL``.
+
+DenseNet-121's field is its longest path (``_densenet_chain``), checked against ``rfjax.trf``
+at every dense layer. Swin's windows are fixed by position (not one box moving with the unit):
+``_swin_axis`` computes a stage's per-token fields by hand (regular then shifted windows,
+cyclic wrap, padding), checked against the gradient oracle and ``rfjax.trf``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import rfjax
 from rfjax.models import zoo as Z
+from rfjax.models.zoo import swin as S
 
 # ----------------------------------------------------------------------------------------------
 # Layer chains (one list per spatial axis), input side first.
@@ -66,6 +73,21 @@ def _resnet_chain(blocks, bottleneck: bool) -> list:
     return out
 
 
+def _densenet_chain(blocks, named: bool = False) -> list:
+    """Longest path through a DenseNet (torchvision layout): stem conv 7 s2 p3, pool 3 s2 p1;
+    per dense layer 1x1 then 3x3 p1 (the concatenation's other path skips both, and a centred
+    3x3 only widens the field); per transition 1x1 then avg pool 2 s2 p0. With ``named``,
+    ``(row name or None, layer)`` pairs, the name of each dense layer's 3x3 conv in the TRF
+    table."""
+    out = [(None, C(7, 2, 3)), (None, C(3, 2, 1))]
+    for b, n in enumerate(blocks):
+        for i in range(n):
+            out += [(None, C(1)), (f"DenseNet/denseblock{b + 1}_layer{i + 1}/conv2", C(3, 1, 1))]
+        if b < len(blocks) - 1:
+            out += [(None, C(1)), (f"DenseNet/transition{b + 1}", C(2, 2, 0))]
+    return out if named else [layer for _, layer in out]
+
+
 ALEX = [C(11, 4, 2), C(3, 2, 0), C(5, 1, 2), C(3, 2, 0), C(3, 1, 1), C(3, 1, 1), C(3, 1, 1),
         C(3, 2, 0)]
 
@@ -79,6 +101,8 @@ CHAINS: dict[str, list] = {
     "resnet18": _resnet_chain((2, 2, 2, 2), False),
     "resnet_tiny": _resnet_chain((1, 1, 1, 1), True),
     "resnet_tiny_basic": _resnet_chain((1, 1, 1, 1), False),
+    "densenet121": _densenet_chain((6, 12, 24, 16)),
+    "densenet_tiny": _densenet_chain((1, 1, 1, 1)),
     "dilated": [C(3, 1, 1, 1), C(3, 1, 2, 2), C(3, 1, 4, 4), C(3, 1, 8, 8)],
     "nonsquare": ([C(3, 1, 1), C(1), C(7, 2, 3), C(3, 1, 1)],
                   [C(5, 1, 2), C(7, 1, 3), C(1), C(2, 2, 0)]),
@@ -100,6 +124,11 @@ EXPECTED: dict[str, tuple[tuple[int, int, int], ...]] = {
     "resnet18": ((435, 32, 217),) * 2,
     "resnet_tiny": ((75, 32, 37),) * 2,  # ResNet(blocks=(1, 1, 1, 1))
     "resnet_tiny_basic": ((195, 32, 97),) * 2,  # same, basic blocks
+    # DenseNet-121 after norm5: stem 11/4/5; each dense layer adds 2*jump (its 3x3) and
+    # jump/2 to the padding; each transition adds jump (its pool 2) and doubles the jump:
+    # 11 + 6*8 + 4 + 12*16 + 8 + 24*32 + 16 + 16*64 = 2071; 5 + 6*4 + 12*8 + 24*16 + 16*32.
+    "densenet121": ((2071, 32, 1021),) * 2,
+    "densenet_tiny": ((159, 32, 65),) * 2,  # DenseNet(blocks=(1, 1, 1, 1))
     "dilated": ((31, 1, 15),) * 2,
     "nonsquare": ((13, 2, 6), (12, 2, 5)),
     "conv1d": ((23, 4, 10),),
@@ -250,6 +279,8 @@ def _surrogate(name: str) -> tuple[nn.Module, tuple[int, ...]]:
         "resnet_tiny": (Z.ResNet(blocks=(1, 1, 1, 1), width=1), (1, 224, 224, 3)),
         "resnet_tiny_basic": (Z.ResNet(blocks=(1, 1, 1, 1), bottleneck=False, width=1),
                               (1, 256, 256, 3)),
+        "densenet_tiny": (Z.DenseNet(blocks=(1, 1, 1, 1), growth=2, init_features=2,
+                                     bn_size=1), (1, 224, 224, 3)),
     }
     if name in extra:
         model, shape = extra[name]
@@ -294,10 +325,11 @@ def test_unit_regions_match_chain(name, chain):
 
 
 # Models checked against the gradient oracle (the big ones only where the field fits inside
-# the image: VGG-16 and AlexNet at 224; ResNet via its 1-block-per-stage variants).
+# the image: VGG-16 and AlexNet at 224; ResNet and DenseNet via their 1-block-per-stage
+# variants).
 _ORACLE_SEQUENTIAL = ["conv_stack", "conv_stack_strided", "dilated", "nonsquare", "conv1d",
                       "conv3d", "misaligned", "vit_embed", "alexnet", "vgg16", "resnet_tiny",
-                      "resnet_tiny_basic"]
+                      "resnet_tiny_basic", "densenet_tiny"]
 
 
 @pytest.mark.parametrize("name", _ORACLE_SEQUENTIAL)
@@ -412,6 +444,9 @@ OUT_SHAPES = {
     "conv3d": (1, 6, 4, 4, 4),
     "gap_classifier": (1, 10),
     "spatial_attention": (1, 4, 4, 8),
+    # 4 + 6*2 = 16 -> 8; 8 + 12*2 = 32 -> 16; 16 + 24*2 = 64 -> 32; 32 + 16*2 = 64.
+    "densenet121": (1, 7, 7, 64),
+    "swin_t": (1, 7, 7, 32),  # 8 * embed_dim
 }
 
 
@@ -429,6 +464,8 @@ def test_zoo_lists_every_model_with_its_output_shape():
     (Z.AlexNet(width=64), 2_469_696),
     (Z.ResNet(width=64), 23_508_032),  # resnet50: 25,557,032 - fc 2,049,000
     (Z.ResNet(blocks=(2, 2, 2, 2), bottleneck=False, width=64), 11_176_512),  # resnet18
+    (Z.DenseNet(), 6_953_856),  # densenet121: 7,978,856 - classifier 1,025,000
+    (Z.SwinTransformer(), 27_519_354),  # swin_t: 28,288,354 - head 769,000
 ])
 def test_full_width_parameter_counts_match_torchvision(model, count):
     variables, _ = _abstract(model, (1, 224, 224, 3))
@@ -551,6 +588,12 @@ def test_conv_stack_1d_3d_and_padding_modes():
     (Z.MisalignedBlock(), (1, 15, 15, 1), "branch outputs differ"),
     (Z.Conv1DNet(), (1, 8, 8, 1), "1 spatial"),
     (Z.NonSquareNet(), (1, 8, 1), "2 spatial"),
+    (Z.DenseNet(stages=5, growth=2, init_features=2), (1, 32, 32, 3), "stages"),
+    (Z.DenseNet(pool="min"), (1, 32, 32, 3), "pool must be"),
+    (Z.SwinTransformer(depths=(2,)), (1, 32, 32, 3), "one entry per stage"),
+    (Z.SwinTransformer(stages=5), (1, 32, 32, 3), "stages"),
+    (Z.SwinTransformer(window=0), (1, 32, 32, 3), "window"),
+    (Z.SwinTransformer(embed_dim=4, heads=(3, 6, 12, 24)), (1, 32, 32, 3), "divisible"),
 ])
 def test_bad_configuration_raises(model, shape, match):
     with pytest.raises(ValueError, match=match):
@@ -560,3 +603,189 @@ def test_bad_configuration_raises(model, shape, match):
 def test_explicit_padding_string_is_a_type_error():
     with pytest.raises(TypeError, match="explicit"):
         Z.pool_nd(jnp.zeros((1, 4, 4, 1)), "max", 2, 2, "SAME")
+
+
+@pytest.mark.parametrize("cls", [Z.ConvStack, Z.DilatedStack, Z.TransposedConvNet,
+                                 Z.MisalignedBlock, Z.SpatialAttentionNet, Z.ViT])
+def test_models_without_pooling_take_no_pool_field(cls):
+    with pytest.raises(TypeError, match="pool"):
+        cls(pool="max")
+
+
+# ----------------------------------------------------------------------------------------------
+# DenseNet-121 and Swin-T
+
+
+def test_full_width_densenet121_and_swin_t_shapes():
+    """Full width at 224x224, abstractly (eval_shape only): every stage's map."""
+    dense = Z.DenseNet()
+    variables, x = _abstract(dense, (2, 224, 224, 3))
+    assert "batch_stats" in variables
+    for s, out in enumerate([(56, 64), (56, 256), (28, 512), (14, 1024), (7, 1024)]):
+        got = jax.eval_shape(dense.clone(stages=s).apply, variables, x).shape
+        assert got == (2, out[0], out[0], out[1]), s
+    swin = Z.SwinTransformer()
+    variables, x = _abstract(swin, (2, 224, 224, 3))
+    for s, out in enumerate([(56, 96), (56, 96), (28, 192), (14, 384), (7, 768)]):
+        got = jax.eval_shape(swin.clone(stages=s).apply, variables, x).shape
+        assert got == (2, out[0], out[0], out[1]), s
+    # Padding to the window and to even sizes: 100x60 -> 25x15 tokens -> ... -> 4x2.
+    x = jax.ShapeDtypeStruct((1, 100, 60, 3), jnp.float32)
+    assert jax.eval_shape(swin.apply, variables, x).shape == (1, 4, 2, 768)
+
+
+def _trf(model: nn.Module, shape: tuple[int, ...]):
+    """``rfjax.trf`` of ``model.apply`` with positive float32 weights (from the abstract
+    variables: an eager ``model.init`` of a deep net is slow)."""
+    variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32),
+                             _positive_variables(model, shape))
+    return rfjax.trf(functools.partial(model.apply, variables), shape)
+
+
+@pytest.mark.slow  # the whole 121-layer graph through rfjax.trf
+def test_densenet121_trf_matches_the_recurrence_at_every_dense_layer():
+    """DenseNet-121 (small width; channels do not change the field) at 64x64, where the
+    closed form still holds (2x2 output): the output's field and, in the per-layer table, the
+    field of every dense layer's 3x3 conv and every transition's pool, by the hand recurrence
+    on the longest path."""
+    model, _ = Z.examples()["densenet121"]
+    t = _trf(model, (1, 64, 64, 3))
+    expected = tuple(zip(*EXPECTED["densenet121"], strict=True))
+    assert (t.size, t.stride, t.padding) == expected == ((2071,) * 2, (32,) * 2, (1021,) * 2)
+    assert t.aligned and t.output_shape == (2, 2) and t.is_global == (False, False)
+    rows = {r.name: r for r in t.layers
+            if r.primitive in ("conv_general_dilated", "reduce_window_sum")}
+    named = _densenet_chain((6, 12, 24, 16), named=True)
+    checked = 0
+    for i, (name, _) in enumerate(named):
+        if name is None:
+            continue
+        size, stride, pad = _recurrence([layer for _, layer in named[:i + 1]])
+        r = rows[name]
+        assert (r.size, r.stride, r.padding) == ((size,) * 2, (stride,) * 2, (pad,) * 2), name
+        checked += 1
+    assert checked == 6 + 12 + 24 + 16 + 3
+    # Per stage (dense block outputs): 59/4/29, 255/8/125, 1031/16/509, 2071/32/1021.
+    ends = [rows[f"DenseNet/denseblock{b + 1}_layer{n}/conv2"]
+            for b, n in enumerate((6, 12, 24, 16))]
+    assert [(r.size[0], r.stride[0], r.padding[0]) for r in ends] == [
+        (59, 4, 29), (255, 8, 125), (1031, 16, 509), (2071, 32, 1021)]
+
+
+def _swin_axis(u: int, n: int, window: int, depth: int, patch: int = 4) -> set[int]:
+    """Input pixels along one axis that token ``u`` of a Swin stage depends on.
+
+    ``n`` tokens on the axis, ``depth`` blocks alternating regular and shifted windows (shift
+    ``window // 2``). Where ``n <= window`` the window is ``n`` and nothing shifts; else the
+    axis is padded (bottom/right, constants) to a multiple of the window. Block by block from
+    the output: the rolled map ``y[r] = x[(r + s) % n_pad]`` puts token ``t`` at ``(t - s) %
+    n_pad``; its window there is ``[r // w * w, +w)``, i.e. tokens ``(q + s) % n_pad`` of the
+    unrolled map; padding tokens (``>= n``) depend on nothing. Then each token is one
+    ``patch``-pixel patch.
+    """
+    win = min(window, n)
+    shift = window // 2 if n > window else 0
+    n_pad = -(-n // win) * win
+    cur = {u}
+    for b in reversed(range(depth)):
+        s = shift if b % 2 else 0
+        nxt: set[int] = set()
+        for t in cur:
+            start = (t - s) % n_pad // win * win
+            nxt |= {(q + s) % n_pad for q in range(start, start + win)}
+        cur = {t for t in nxt if t < n}
+    return {patch * t + a for t in cur for a in range(patch)}
+
+
+def _swin_mask(unit, tokens, window, depth, patch=4):
+    """Windows are products of row and column ranges, so the field is the product set."""
+    sets = []
+    for u, n in zip(unit, tokens, strict=True):
+        ax = np.zeros(n * patch, bool)
+        ax[sorted(_swin_axis(u, n, window, depth, patch))] = True
+        sets.append(ax)
+    return np.multiply.outer(*sets)
+
+
+def test_swin_axis_sets_by_hand():
+    # 16 tokens, window 4, shift 2, after a regular then a shifted block (patch 1):
+    # token 8 -> rolled 6 -> shifted window {6, 7, 8, 9} -> regular windows [4, 12);
+    # token 0 -> rolled 14 -> {14, 15, 0, 1} -> [12, 16) and [0, 4): the cyclic shift joins
+    # the two ends, a field with a hole.
+    assert _swin_axis(8, 16, 4, 2, patch=1) == set(range(4, 12))
+    assert _swin_axis(5, 16, 4, 2, patch=1) == set(range(0, 8))
+    assert _swin_axis(0, 16, 4, 2, patch=1) == set(range(0, 4)) | set(range(12, 16))
+    assert _swin_axis(0, 16, 4, 1, patch=1) == set(range(0, 4))  # regular windows only
+    assert _swin_axis(2, 3, 4, 2, patch=1) == {0, 1, 2}  # map smaller than the window
+    # 18 tokens padded to 20: token 17 -> rolled 15 -> {14..17} (18, 19 are padding).
+    assert _swin_axis(17, 18, 4, 2, patch=1) == set(range(12, 18))
+
+
+def test_swin_window_geometry_and_shift_mask():
+    # Not larger than the window: one window of the map's size, no shift, no padding.
+    assert S._window_geometry(7, 7, 7, 3) == ((7, 7), (0, 0), (0, 0))
+    assert S._window_geometry(5, 9, 7, 3) == ((5, 7), (0, 3), (0, 5))
+    assert S._window_geometry(56, 56, 7, 3) == ((7, 7), (3, 3), (0, 0))
+    mask = S._shift_mask((8, 8), (4, 4), (2, 2))
+    # After rolling by -2, windows 0..3 (row-major) hold 1, 2, 2 and 4 regions of the
+    # unrolled map; -100 between tokens of different regions.
+    assert mask.shape == (4, 16, 16) and set(np.unique(mask)) <= {0.0, -100.0}
+    assert [int((m != 0).sum()) for m in mask] == [0, 256 - 2 * 64, 256 - 2 * 64, 256 - 4 * 16]
+    index = S._relative_position_index((2, 2), 7)
+    # token (0, 0) vs (1, 1): offset (-1, -1) -> (5, 5) in the 13x13 table.
+    assert index.shape == (4, 4) and index[0, 3] == 5 * 13 + 5 and index[3, 0] == 7 * 13 + 7
+    attn = S.WindowAttention(heads=1, window=7, shift=3)
+    for hw, rolled in ((7, False), (14, True)):
+        jaxpr = _traced(attn, (1, hw, hw, 4))
+        assert ("concatenate" in _primitives(jaxpr, set())) == rolled, hw
+
+
+def _swin_small():
+    """One Swin stage (regular then shifted block), window 4, on 64x72 pixels: 16x18 tokens,
+    the 18 padded to 20 for the windows. ``stages=1`` of two, so no final LayerNorm: its
+    output summed over the channels is constant at initialisation (scale 1, bias 0), which
+    would zero the oracle's gradient."""
+    return (Z.SwinTransformer(embed_dim=4, depths=(2, 2), heads=(1, 1), window=4, stages=1),
+            (1, 64, 72, 3))
+
+
+def test_swin_stage_masks_match_gradient_support_and_trf():
+    model, shape = _swin_small()
+    tokens = (16, 18)
+    units = _corner_units(tokens) + [(8, 8), (5, 13), (3, 17), (15, 1)]
+    oracle = _gradient_masks(model, shape, units, generic=True)
+    t = _trf(model, shape)
+    assert t.output_shape == tokens and t.is_global == (False, False)
+    assert not t.aligned  # windows are fixed by position, not one box moving with the unit
+    engine = t.masks(units)
+    for unit, g, m in zip(units, oracle, engine, strict=True):
+        hand = _swin_mask(unit, tokens, 4, 2)
+        assert np.array_equal(g, hand), unit
+        assert np.array_equal(m, hand), unit
+    # Interior unit: two regular windows per axis (8 tokens, 32 pixels); a corner unit's field
+    # has a hole (the cyclic shift joins the first and last windows).
+    assert engine[units.index((8, 8))].sum() == 32 * 32
+    # (rows: 16 tokens, the last window wraps onto the first; columns: 18 tokens padded to 20,
+    # the wrap lands on padding, so no hole).
+    corner = engine[units.index((0, 0))]
+    assert corner[0, 0] and corner[63, 0] and not corner[32, 0] and not corner[0, 71]
+    assert corner.sum() == (16 + 16) * 16
+
+
+@pytest.mark.slow  # two traces of Swin-T through rfjax.trf
+def test_swin_t_stage1_masks_at_224_and_global_stages():
+    """Swin-T (small width) at 224: stage 1 (56x56 tokens, window 7, shift 3) masks by hand;
+    stages 3 and 4 are global (14x14 tokens: a shifted window meets both regular windows of
+    each axis; 7x7: one window), stages 1 and 2 are not."""
+    model, shape = Z.examples()["swin_t"]
+    stage1 = _trf(model.clone(stages=1), shape)
+    units = [(0, 0), (55, 55), (28, 28), (3, 52), (10, 30)]
+    for unit, m in zip(units, stage1.masks(units), strict=True):
+        assert np.array_equal(m, _swin_mask(unit, (56, 56), 7, 2)), unit
+    assert stage1.is_global == (False, False) and not stage1.aligned
+    t = _trf(model, shape)
+    assert t.output_shape == (7, 7) and t.is_global == (True, True)
+    ends = {r.name: r for r in t.layers if r.primitive == "dot_general"}
+    glob = [ends[f"SwinTransformer/stage{s + 1}_block{d}/mlp_fc2"].is_global
+            for s, d in enumerate((2, 2, 6, 2))]
+    assert glob == [(False, False), (False, False), (True, True), (True, True)]
