@@ -31,6 +31,7 @@ import numpy as np
 # The ERF options, imported in this one place.
 from rfjax.effective import CONVENTIONS, CROPS, REDUCTIONS, erf
 from rfjax.models import builtin_models
+from rfjax.selection import check_unit
 
 __all__ = ["main", "resolve_model", "CLIError"]
 
@@ -356,11 +357,10 @@ def _one_line(e: BaseException) -> str:
 def _check_unit_rank(unit: tuple[int, ...] | None, out_shape: tuple[int, ...]) -> None:
     if unit is None:
         return
-    if not out_shape:
-        raise CLIError("--unit: the output has no spatial axis, so it has no units")
-    if len(unit) != len(out_shape) or any(u >= n for u, n in zip(unit, out_shape, strict=False)):
-        raise CLIError(f"unit {unit} is outside the output's spatial shape {out_shape} "
-                       "(indices must satisfy 0 <= u < size, one per spatial axis)")
+    try:
+        check_unit(unit, out_shape)
+    except ValueError as e:
+        raise CLIError(f"--unit: {e}") from e
 
 
 def _trf_of(fn: Callable, shape: tuple[int, ...], name: str):
