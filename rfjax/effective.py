@@ -56,7 +56,7 @@ import dataclasses
 import functools
 import itertools
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -64,6 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rfjax import batches as _input
 from rfjax import callables
 from rfjax.callables import InputTypeError
 from rfjax.intermediate import intermediate_apply as _intermediate_apply
@@ -290,81 +291,6 @@ def _make_full_grad_fn(rebuild, spec: _Spec, mode: str, plan: Any, spatial: tupl
     return jax.jit(run)
 
 
-# --------------------------------------------------------------------------------------------
-# Input handling
-# --------------------------------------------------------------------------------------------
-
-
-def _as_batch(b: Any, image_key: str | Callable[[Any], Any]) -> Any:
-    if callable(image_key):  # e.g. lambda b: b["image"].astype(np.float32) / 255
-        b = image_key(b)
-    elif isinstance(b, Mapping):
-        if image_key not in b:
-            raise ValueError(
-                f"batch is a dict without the image key {image_key!r} (keys: {sorted(b)}); "
-                "pass image_key="
-            )
-        b = b[image_key]
-    if not hasattr(b, "shape") or not hasattr(b, "dtype"):
-        b = np.asarray(b)
-    return b
-
-
-def _check_batch(b: Any, where: str) -> None:
-    if b.ndim < 3 or b.ndim > 5:
-        raise ValueError(
-            f"{where}: expected a batch (N, *spatial, C) with 1 to 3 spatial axes, got shape "
-            f"{tuple(b.shape)} (rank {b.ndim}); is the batch axis missing?"
-        )
-    if not jnp.issubdtype(b.dtype, jnp.floating):
-        raise InputTypeError(
-            f"{where}: the input must be floating point (gradients of integer images are "
-            f"undefined), got dtype {b.dtype}; convert it, e.g. x.astype(np.float32)"
-        )
-    if b.shape[0] == 0:
-        raise ValueError(f"{where}: the batch is empty (N = 0)")
-
-
-def _batches(x: Any, image_key: str | Callable[[Any], Any]):
-    """Yield the batches of ``x`` (one array, or an iterable of arrays or dicts)."""
-    if isinstance(x, (jax.Array, np.ndarray, Mapping)) or (
-        hasattr(x, "shape") and hasattr(x, "dtype")
-    ):
-        yield _as_batch(x, image_key)
-        return
-    if not isinstance(x, Iterable):
-        raise InputTypeError(
-            f"x must be an array (N, *spatial, C) or an iterable of them, got {type(x)}"
-        )
-    yield from (_as_batch(b, image_key) for b in x)
-
-
-def _chunks(batches, batch_size: int | None, multiple: int):
-    """Yield ``(chunk, n_valid)`` with a constant chunk shape (last one edge-padded)."""
-    first_shape = None
-    bs = None
-    for i, b in enumerate(batches):
-        _check_batch(b, f"batch {i}")
-        if first_shape is None:
-            first_shape = tuple(b.shape[1:])
-            bs = batch_size or b.shape[0]
-            bs = -(-bs // multiple) * multiple
-        elif tuple(b.shape[1:]) != first_shape:
-            raise ValueError(
-                f"batch {i} has image shape {tuple(b.shape[1:])}, but the first batch has "
-                f"{first_shape}; all batches must share one image shape"
-            )
-        xp = jnp if isinstance(b, jax.Array) else np
-        for s in range(0, b.shape[0], bs):
-            c = b[s : s + bs]
-            n = c.shape[0]
-            if n < bs:  # pad with copies of the last image: finite, and masked out
-                c = xp.concatenate([c, xp.repeat(c[-1:], bs - n, axis=0)], axis=0)
-            yield c, n
-    if first_shape is None:
-        raise ValueError("x is an empty iterable: no batches to average over")
-
-
 def _progress(total: int | None, desc: str, enabled: bool = True):
     return _progress_bar(total, desc, enabled, unit="chunk", leave=False)
 
@@ -497,11 +423,11 @@ def erf(
         mesh = Mesh(np.asarray(devices), ("batch",))
         sharding = NamedSharding(mesh, PartitionSpec("batch"))
 
-    batches = _batches(x, image_key)
+    batches = _input.batches(x, image_key)
     first = next(batches, None)
     if first is None:
         raise ValueError("x is an empty iterable: no batches to average over")
-    _check_batch(first, "batch 0")
+    _input.check_batch(first, "batch 0")
     entry = callables.cache_entry(res)
     spec, mode, plan = _plan(entry, res, first[:1], unit, reduce, channels, convention, output,
                              crop, per_image, method, verify)
@@ -513,7 +439,7 @@ def erf(
         batch_size = min(first.shape[0], _CPU_CHUNK) if cpu else first.shape[0]
     batch_size = -(-batch_size // ndev) * ndev
     total = -(-x.shape[0] // batch_size) if hasattr(x, "shape") else None
-    chunks = _chunks(itertools.chain([first], batches), batch_size, ndev)
+    chunks = _input.chunks(itertools.chain([first], batches), batch_size, ndev)
 
     dyn = res.dyn
     unit_arg = np.asarray(spec.unit, np.int32)
@@ -678,8 +604,8 @@ def erf_weight_draws(
     if not callable(init_fn) or not callable(apply_fn):
         raise InputTypeError("init_fn and apply_fn must be callable")
     reduce, channels = _check_options(reduce, convention, "none", method, channels)
-    x = _as_batch(x, "image")
-    _check_batch(x, "x")
+    x = _input.as_batch(x, "image")
+    _input.check_batch(x, "x")
     res = callables.resolve(apply_fn)
     entry = callables.cache_entry(res)
     def out_shape():
