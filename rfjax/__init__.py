@@ -19,7 +19,15 @@ from rfjax.calculator import (
     receptive_size,
 )
 from rfjax.callables import clear_cache
-from rfjax.effective import ERF, InputTypeError, erf, erf_intermediate, erf_merge, erf_weight_draws
+from rfjax.effective import (
+    ERF,
+    InputTypeError,
+    NoiseMapWarning,
+    erf,
+    erf_intermediate,
+    erf_merge,
+    erf_weight_draws,
+)
 from rfjax.theoretical import (
     TRF,
     BatchCouplingWarning,
@@ -41,6 +49,7 @@ __all__ = [
     "InputTypeError",
     "LayerRF",
     "LayerSpec",
+    "NoiseMapWarning",
     "TRFError",
     "UnsupportedPrimitiveError",
     "clear_cache",

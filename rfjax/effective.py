@@ -13,6 +13,9 @@ spatial indices) and one image ``x_n`` of shape ``(*spatial, C)``::
 Orientation is cross-correlation: for one conv layer with kernel ``k`` (``lax.conv``
 semantics), ``d y[i, j] / d x[i + a - 1, j + b - 1] = k[a, b]``, so a signed ERF of one layer
 *is* its kernel, not the flipped kernel.
+The sum over channels can cancel: after a LayerNorm with unit gain and zero bias it is zero
+for every input, and the map is rounding noise. Each call checks this on its first image and
+warns (:class:`NoiseMapWarning`, ``ERF.noise``; see ``check_noise`` of :func:`erf`).
 
 Conventions of the public scripts (``convention=``):
 
@@ -76,6 +79,7 @@ __all__ = [
     "CONVENTIONS",
     "REDUCTIONS",
     "InputTypeError",
+    "NoiseMapWarning",
     "erf",
     "erf_merge",
     "erf_intermediate",
@@ -89,6 +93,13 @@ CROPS = ("auto", "cone", "input", "none")
 METHODS = ("vjp", "vmap")
 
 
+class NoiseMapWarning(UserWarning):
+    """The ERF map is zero or rounding noise: the target's gradient is below ``sqrt(eps)`` of
+    the per-channel gradient scale (see :func:`erf`, ``check_noise``), as for the channel sum of
+    a LayerNorm output. Its size means nothing; pick one channel (``channels=0``) or another
+    target."""
+
+
 # --------------------------------------------------------------------------------------------
 # The result
 # --------------------------------------------------------------------------------------------
@@ -97,7 +108,7 @@ METHODS = ("vjp", "vmap")
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["map", "per_image"],
-    meta_fields=["count", "nonfinite", "unit", "reduce", "convention", "crop"],
+    meta_fields=["count", "nonfinite", "unit", "reduce", "convention", "crop", "noise"],
 )
 @dataclasses.dataclass(frozen=True)
 class ERF:
@@ -116,6 +127,9 @@ class ERF:
       convention: ``"paper"``, ``"replknet"`` or ``"openerf"``.
       crop: what was evaluated: ``"none"`` (the whole input), ``"input"`` (a grid-aligned input
         window) or ``"cone"`` (every layer on the unit's dependency cone only).
+      noise: the map is zero or rounding noise (a :class:`NoiseMapWarning` was issued): the
+        target's gradient was below ``sqrt(eps)`` of the per-channel gradient scale on the
+        first image (see :func:`erf`, ``check_noise``); ``False`` when not checked.
     """
 
     map: jax.Array
@@ -126,6 +140,7 @@ class ERF:
     reduce: str = "abs"
     convention: str = "paper"
     crop: str = "none"
+    noise: bool = False
 
     def merge(self, other: ERF) -> ERF:
         """The running mean of two results of the same unit (``count``-weighted).
@@ -162,7 +177,8 @@ def erf_merge(a: ERF, b: ERF) -> ERF:
     if a.per_image is not None and b.per_image is not None:
         per = jnp.concatenate([a.per_image, b.per_image], axis=0)
     crop = a.crop if a.crop == b.crop else f"{a.crop}+{b.crop}"
-    return ERF(new_map, n, a.nonfinite + b.nonfinite, a.unit, per, a.reduce, a.convention, crop)
+    return ERF(new_map, n, a.nonfinite + b.nonfinite, a.unit, per, a.reduce, a.convention, crop,
+               a.noise or b.noise)
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,13 +199,19 @@ class _Spec:
     per_image: bool
 
 
-def _target(out: jax.Array, spec: _Spec, unit: tuple[int, ...]) -> jax.Array:
-    """Per-image scalar ``s_n`` from the batched output ``(B, *spatial_out, C_out)``."""
+def _target(out: jax.Array, spec: _Spec, unit: tuple[int, ...], weights=None) -> jax.Array:
+    """Per-image scalar ``s_n`` from the batched output ``(B, *spatial_out, C_out)``.
+
+    ``weights`` (one per selected channel) weight the channels before their sum (the noise
+    probe, :func:`_make_probe_fn`); ``None`` is the ERF's target.
+    """
     v = out[(slice(None), *unit)]  # (B, C_out)
     if spec.channels is not None:
         v = v[:, jnp.asarray(spec.channels)]
     if spec.convention == "replknet":
         v = jax.nn.relu(v)
+    if weights is not None:
+        v = v * weights.astype(v.dtype)
     if spec.convention == "openerf":
         return v.mean(axis=-1)
     return v.sum(axis=-1)
@@ -211,18 +233,20 @@ def _reduce_map(g: jax.Array, spec: _Spec) -> jax.Array:
     return e.sum(axis=-1)
 
 
-def _input_grad(apply: Callable, x: jax.Array, spec: _Spec, unit: tuple[int, ...]) -> jax.Array:
+def _input_grad(apply: Callable, x: jax.Array, spec: _Spec, unit: tuple[int, ...],
+                weights=None) -> jax.Array:
     """Per-image gradients ``(B, *spatial, C)`` of ``s_n`` w.r.t. image n of ``x``."""
     if spec.method == "vmap":
 
         def one(xi):
-            return _target(select_output(apply(xi[None]), spec.output), spec, unit)[0]
+            return _target(select_output(apply(xi[None]), spec.output), spec, unit,
+                           weights)[0]
 
         return jax.vmap(jax.grad(one))(x)
 
     # Batched VJP: images are independent, so d(sum_n s_n)/dx stacks every d s_n / d x_n.
     def total(xb):
-        return _target(select_output(apply(xb), spec.output), spec, unit).sum()
+        return _target(select_output(apply(xb), spec.output), spec, unit, weights).sum()
 
     return jax.grad(total)(x)
 
@@ -264,18 +288,19 @@ def _make_chunk_fn(rebuild, spec: _Spec, mode: str, plan: Any, spatial: tuple[in
     return jax.jit(run)
 
 
-def _mode_grad(rebuild, dyn, x, spec: _Spec, mode: str, plan: Any, unit=None):
+def _mode_grad(rebuild, dyn, x, spec: _Spec, mode: str, plan: Any, unit=None, weights=None):
     """Gradient for one crop mode: ``(g on the evaluated window, window or None)``."""
     if mode == "none":
         unit = spec.unit if unit is None else tuple(unit[i] for i in range(len(spec.unit)))
-        return _input_grad(rebuild(dyn), x, spec, unit), None
+        return _input_grad(rebuild(dyn), x, spec, unit, weights), None
     window = plan.window
     xw = x[(slice(None), *(slice(a, b) for a, b in window))]
     if mode == "input":
-        return _input_grad(rebuild(dyn), xw, spec, plan.unit), window
+        return _input_grad(rebuild(dyn), xw, spec, plan.unit, weights), window
     # mode == "cone": the windowed interpreter of fn's (already output-selected) jaxpr.
     cone_spec = dataclasses.replace(spec, output=None)
-    return _input_grad(functools.partial(plan.apply, dyn), xw, cone_spec, plan.unit), window
+    return _input_grad(functools.partial(plan.apply, dyn), xw, cone_spec, plan.unit,
+                       weights), window
 
 
 def _make_full_grad_fn(rebuild, spec: _Spec, mode: str, plan: Any, spatial: tuple[int, ...]):
@@ -287,6 +312,24 @@ def _make_full_grad_fn(rebuild, spec: _Spec, mode: str, plan: Any, spatial: tupl
             pads = [(0, 0)] + [(a, s - b) for (a, b), s in zip(window, spatial, strict=True)]
             g = jnp.pad(g, pads + [(0, 0)])
         return g
+
+    return jax.jit(run)
+
+
+def _make_probe_fn(rebuild, spec: _Spec, mode: str, plan: Any):
+    """Jitted ``(dyn, x1, unit, signs) -> (||g||, ||g_w||)`` for one image ``x1``: the L2 norms
+    of the target's gradient ``g`` and of the gradient ``g_w`` of the same target with its
+    channels weighted by ``signs`` (one forward pass; the two backward passes are vmapped).
+    """
+
+    def run(dyn, x1, unit, signs):
+        weights = jnp.stack([jnp.ones_like(signs), signs])
+        g = jax.vmap(lambda w: _mode_grad(rebuild, dyn, x1, spec, mode, plan, unit, w)[0])(
+            weights)
+        g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+        scale = jnp.max(jnp.abs(g))  # scaled sums of squares: no underflow of tiny gradients
+        safe = jnp.where(scale > 0, scale, 1)
+        return jnp.sqrt(jnp.sum((g / safe) ** 2, axis=tuple(range(1, g.ndim)))) * scale
 
     return jax.jit(run)
 
@@ -371,6 +414,7 @@ def erf(
     image_key: str | Callable[[Any], Any] = "image",
     shard: bool = True,
     verify: bool = True,
+    check_noise: bool = True,
     progress: bool = True,
 ) -> ERF:
     """The effective receptive field of one output unit of ``fn``, averaged over images.
@@ -401,6 +445,19 @@ def erf(
         ``lambda b: b["image"].astype(np.float32) / 255``).
       shard: shard each chunk's batch axis over ``jax.devices()`` when there are several.
       verify: check a crop against the uncropped gradient on the first image.
+      check_noise: check on the first image that the map is not rounding noise. A target
+        whose gradient cancels, like the channel sum of a LayerNorm output (unit gain, zero
+        bias: ``sum_c y_c = 0`` for every input, so its gradient is zero up to rounding), has
+        an ERF of noise. The check compares the L2 norm of the target's gradient ``g`` with
+        that of ``g_w``, the gradient of the same target with its channels weighted by fixed
+        random signs ``w_c = +-1`` (``E ||g_w||^2 = sum_c ||d v_c/d x||^2``: the scale of the
+        per-channel gradients, whatever cancels in their sum). The map is flagged as noise
+        when ``||g|| <= sqrt(eps) ||g_w||`` (``eps`` of the input dtype: ~3.5e-4 in float32,
+        1.5e-8 in float64); a real ERF has a ratio of order 1 or more, rounding one of order
+        ``eps``. Then a :class:`NoiseMapWarning` suggests ``channels=`` (one channel) or
+        another target, and ``ERF.noise`` is ``True``. The image is skipped when its gradient
+        is not finite or ``g_w = 0`` (a unit that depends on nothing). Costs one forward and
+        two backward passes of one image per call (on the crop in use).
       progress: show a tqdm bar over chunks (never when stderr is not a terminal or
         ``RFJAX_NO_PROGRESS=1``).
 
@@ -437,6 +494,7 @@ def erf(
         # ~3x and the uncropped gradient ~1.4x faster than one 64-image chunk.
         cpu = jax.default_backend() == "cpu"
         batch_size = min(first.shape[0], _CPU_CHUNK) if cpu else first.shape[0]
+    ratio = _noise_ratio(entry, res, spec, mode, plan, first[:1], output) if check_noise else None
     batch_size = -(-batch_size // ndev) * ndev
     total = -(-x.shape[0] // batch_size) if hasattr(x, "shape") else None
     chunks = _input.chunks(itertools.chain([first], batches), batch_size, ndev)
@@ -469,10 +527,43 @@ def erf(
     count = int(count)
     mean = acc / count if count else jnp.zeros_like(acc)
     per = jnp.concatenate(per_list, axis=0) if per_image else None
-    return ERF(mean, count, int(bad), spec.unit, per, reduce, convention, mode)
+    tau = float(np.sqrt(jnp.finfo(first.dtype).eps))
+    noise = ratio is not None and ratio <= tau
+    if noise:
+        agg = "mean" if convention == "openerf" else "sum"
+        n_ch = "the selected channels" if channels is not None else "every output channel"
+        warnings.warn(
+            f"rfjax.erf: the ERF map of unit {spec.unit} is rounding noise (map maximum "
+            f"{float(jnp.max(jnp.abs(mean))):.3g}): the gradient of the target (the {agg} over "
+            f"{n_ch} at the unit) is {ratio:.3g} times the per-channel gradient scale, below "
+            f"sqrt(eps) = {tau:.3g} of {first.dtype}. The {agg} is constant, as after a LayerNorm "
+            "(unit gain, zero bias), so its size means nothing; pick one channel (channels=0) "
+            "or another target (an earlier layer)",
+            NoiseMapWarning,
+            stacklevel=2,
+        )
+    return ERF(mean, count, int(bad), spec.unit, per, reduce, convention, mode, noise)
 
 
 _CPU_CHUNK = 16
+
+
+def _noise_ratio(entry, res, spec, mode, plan, x1, output) -> float | None:
+    """``||g|| / ||g_w||`` on the image ``x1`` (see ``check_noise`` of :func:`erf`), or ``None``
+    when a gradient is not finite or ``g_w`` is zero."""
+    skey = dataclasses.replace(spec, unit=len(spec.unit)) if mode == "none" else spec
+    key = ("probe", skey, mode, plan, x1.shape, str(x1.dtype))
+    f = entry.get("compiled", key, lambda: _make_probe_fn(res.rebuild, spec, mode, plan))
+    aval = jax.ShapeDtypeStruct(x1.shape, x1.dtype)
+    n = len(spec.channels) if spec.channels is not None else _output_shape(
+        entry, res, output, aval)[-1]
+    signs = np.where(np.random.default_rng(0).random(n) < 0.5, -1.0, 1.0).astype(np.float32)
+    if n > 1:
+        signs[1] = -signs[0]  # never all equal (then g_w would be +-g)
+    a, b = (float(v) for v in f(res.dyn, x1, np.asarray(spec.unit, np.int32), signs))
+    if not (np.isfinite(a) and np.isfinite(b)) or b == 0:
+        return None
+    return a / b
 
 
 def _chunk_fn(entry, res, spec, mode, plan, chunk):
@@ -509,19 +600,21 @@ def _plan(entry, res, chunk, unit, reduce, channels, convention, output, crop, p
         if vkey in entry.verified:
             mode, plan = entry.verified[vkey]
         else:
-            mode, plan, checked = _verify(entry, res, spec, mode, plan, chunk, spatial)
+            mode, plan, checked = _verify(entry, res, spec, mode, plan, chunk, spatial,
+                                          output)
             if checked:
                 entry.verified[vkey] = (mode, plan)
     return spec, mode, plan
 
 
-def _verify(entry, res, spec, mode, plan, chunk, spatial):
+def _verify(entry, res, spec, mode, plan, chunk, spatial, output):
     """Compare the cropped gradient of the first image with the uncropped one.
 
     Returns ``(mode, plan, checked)``: ``(mode, plan)`` unchanged when they agree
     (``allclose``, ``rtol = 1e-4`` and ``atol = 1e-4 * max|g|`` in float32; ``1e-10`` in
     float64), else ``("none", None)`` with a warning. A non-finite gradient on either side
-    cannot be compared (``checked`` False: the next call tries again).
+    cannot be compared, nor can rounding noise (a target whose gradient cancels, see
+    ``check_noise`` of :func:`erf`): ``checked`` False, the next call tries again.
     """
     x1 = chunk[:1]
     grads = {}
@@ -537,6 +630,9 @@ def _verify(entry, res, spec, mode, plan, chunk, spatial):
     tol = 1e-4 if b.dtype == np.float32 else 1e-10
     if np.allclose(a, b, rtol=tol, atol=tol * max(scale, 1e-30)):
         return mode, plan, True
+    ratio = _noise_ratio(entry, res, spec, "none", None, x1, output)
+    if ratio is not None and ratio <= float(np.sqrt(jnp.finfo(x1.dtype).eps)):
+        return mode, plan, False  # two roundings of zero differ: erf warns about the noise
     warnings.warn(
         f"rfjax.erf: the {mode!r} crop changed the gradient of the first image (max abs "
         f"difference {float(np.max(np.abs(a - b))):.3g} against max {scale:.3g}); fn is not "
