@@ -59,7 +59,7 @@ import dataclasses
 import functools
 import itertools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -654,6 +654,7 @@ def erf_intermediate(
     name: str,
     *,
     collection: str = "intermediates",
+    apply_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> ERF:
     """The ERF of a unit of an inner layer of a Flax linen model, addressed by name.
@@ -662,12 +663,16 @@ def erf_intermediate(
     ``"block2/conv"``), or a name ``sow``n into ``collection`` (e.g. ``self.sow(
     "intermediates", "feat", h)`` -> ``name="feat"``), or a key of the intermediates dict of a
     model that returns ``(out, intermediates)``. The layer's output must be ``(N, *spatial,
-    C)``. ``kwargs`` go to :func:`erf` (``unit`` indexes the layer's output). Cached per module
-    and name like :func:`erf`.
+    C)``. ``apply_kwargs`` go to ``module.apply`` (e.g. ``{"train": False}`` for a model whose
+    call defaults to training mode: BatchNorm must use its running averages, as in
+    :class:`rfjax.models.zoo.ResNet`, or the images of a batch interact and a model that updates
+    ``batch_stats`` raises a ``ValueError`` naming the flag). ``kwargs`` go to :func:`erf`
+    (``unit`` indexes the layer's output). Cached per module and name like :func:`erf`.
     """
     if not hasattr(module, "apply"):
         raise InputTypeError(f"module must be a Flax linen Module, got {type(module)}")
-    fn = functools.partial(_intermediate_apply, module, name, collection, variables)
+    fn = functools.partial(_intermediate_apply, module, name, collection, variables,
+                           apply_kwargs=dict(apply_kwargs or {}))
     return erf(fn, x, **kwargs)
 
 

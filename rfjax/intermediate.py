@@ -14,6 +14,7 @@ the linen signature).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -41,8 +42,57 @@ def intermediate_names(node: Any) -> list[str]:
     return ["/".join(path) for path, _, _ in _leaves(node)]
 
 
+# Call flags that put a model in training mode, and the value that means inference.
+_INFERENCE_FLAGS = {"train": False, "training": False, "is_training": False,
+                    "deterministic": True, "use_running_average": True, "inference": True}
+
+
+def _inference_hint(module: Any, method: Any) -> str:
+    """``apply_kwargs={...}`` for the training flags of ``module``'s call that default to
+    training mode, or a generic hint."""
+    try:
+        fn = getattr(type(module), method) if isinstance(method, str) else (
+            method if method is not None else type(module).__call__)
+        params = inspect.signature(fn).parameters
+    except (AttributeError, TypeError, ValueError):
+        params = {}
+    flags = {n: v for n, v in _INFERENCE_FLAGS.items()
+             if n in params and params[n].default is not v}
+    if flags:
+        return f"pass apply_kwargs={flags!r}"
+    return ("pass its inference flag with apply_kwargs= (e.g. {'train': False}) or build it "
+            "with nn.BatchNorm(use_running_average=True)")
+
+
+def _apply(module: Any, variables: Any, x: Any, method: Any, apply_kwargs: Mapping | None,
+           **kw: Any) -> Any:
+    """``module.apply(variables, x, **apply_kwargs, **kw)``, with the errors of a model in
+    training mode or of missing variables explained."""
+    kwargs = dict(apply_kwargs or {})
+    if method is not None:
+        kwargs["method"] = method
+    try:
+        return module.apply(variables, x, **kwargs, **kw)
+    except Exception as e:
+        kind = type(e).__name__
+        if kind == "ModifyScopeVariableError":  # e.g. BatchNorm updating its batch_stats
+            raise ValueError(
+                f"{type(module).__name__} updates a variable while it runs ({e}): a layer is "
+                "in training mode, e.g. BatchNorm with batch statistics, which couple the "
+                "images of a batch (no unit then has a per-image receptive field). Run it in "
+                f"inference mode: {_inference_hint(module, method)}."
+            ) from e
+        if kind in ("ScopeCollectionNotFound", "ScopeVariableNotFoundError"):
+            raise ValueError(
+                f"{type(module).__name__} reads a variable that is not in `variables` ({e}); "
+                "pass every collection that model.init returned (e.g. 'params' and "
+                "'batch_stats'), not only the parameters."
+            ) from e
+        raise
+
+
 def intermediate_apply(module: Any, name: str, collection: str, variables: Any, x: Any, *,
-                       method: Any = None) -> Any:
+                       method: Any = None, apply_kwargs: Mapping | None = None) -> Any:
     """``module.apply(variables, x)`` returning the value captured or sown under ``name``.
 
     Args:
@@ -56,19 +106,23 @@ def intermediate_apply(module: Any, name: str, collection: str, variables: Any, 
       x: the input.
       method: the module's method to apply (``module.apply(..., method=method)``); ``None``
         for ``__call__``.
+      apply_kwargs: more keyword arguments of ``module.apply`` (the call's own), e.g.
+        ``{"train": False}`` for a model whose call defaults to training mode (Flax's
+        ImageNet ResNet example).
 
     Raises:
       ValueError: no value named ``name`` (the message lists the names that were captured or
-        sown).
+        sown); a model that updates a variable while it runs (BatchNorm with batch
+        statistics: the message names the inference flag to pass in ``apply_kwargs``); a
+        variable missing from ``variables``.
     """
     path = tuple(p for p in name.split("/") if p)
 
     def filt(mdl: Any, method_name: str) -> bool:
         return method_name == "__call__" and tuple(mdl.path) == path
 
-    kw = {} if method is None else {"method": method}
-    out, state = module.apply(variables, x, capture_intermediates=filt, mutable=[collection],
-                              **kw)
+    out, state = _apply(module, variables, x, method, apply_kwargs, capture_intermediates=filt,
+                        mutable=[collection])
     node = state.get(collection, {})
     try:
         return select_output(node, name)

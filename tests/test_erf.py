@@ -395,6 +395,70 @@ def test_intermediate_units_by_name():
         erf_intermediate(model, variables, x, "conv9")
 
 
+class ExampleResNet(nn.Module):
+    """Like Flax's ImageNet example ResNet: ``__call__(x, train=True)``, BatchNorm with batch
+    statistics unless ``train=False``, its first one named ``bn_init``."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
+        x = nn.relu(norm(name="bn_init")(nn.Conv(4, (3, 3), name="conv_init")(x)))
+        h = norm(name="bn1")(nn.Conv(4, (3, 3), name="conv1")(x))
+        return nn.relu(x + h)
+
+
+def _captured(module, variables, name, **kw):
+    """The oracle: ``name``'s output through Flax's capture_intermediates, as fn of x."""
+
+    def fn(v):
+        state = module.apply(variables, v, capture_intermediates=True,
+                             mutable=["intermediates"], **kw)[1]
+        node = state["intermediates"]
+        for part in name.split("/"):
+            node = node[part]
+        return node["__call__"][0]
+
+    return fn
+
+
+def test_intermediate_units_of_batchnorm_models():
+    from rfjax.models.zoo import ResNet
+
+    x = jax.random.normal(jax.random.key(17), (2, 12, 12, 3))
+    model = ExampleResNet()
+    variables = model.init(jax.random.key(0), x[:1], train=False)
+    stats = jax.tree_util.tree_map(lambda a: a + 0.5, variables["batch_stats"])
+    variables = {"params": variables["params"], "batch_stats": stats}
+    # Its call defaults to training mode: BatchNorm would update "mean" in "/bn_init". The
+    # error says why and which flag to pass.
+    with pytest.raises(ValueError, match=r"training mode.*apply_kwargs=\{'train': False\}"):
+        erf_intermediate(model, variables, x, "conv_init")
+    with pytest.raises(ValueError, match="'batch_stats'"):
+        erf_intermediate(model, {"params": variables["params"]}, x, "conv_init",
+                         apply_kwargs={"train": False})
+    for name in ("conv_init", "bn_init", "conv1", "bn1"):
+        got = erf_intermediate(model, variables, x, name, apply_kwargs={"train": False})
+        want = erf(_captured(model, variables, name, train=False), x, crop="none")
+        np.testing.assert_allclose(np.asarray(got.map), np.asarray(want.map), rtol=1e-6)
+    # The running averages are used: the BatchNorm is the affine map of its statistics.
+    conv = erf_intermediate(model, variables, x, "conv_init", apply_kwargs={"train": False},
+                            reduce="grad", channels=1)
+    bn = erf_intermediate(model, variables, x, "bn_init", apply_kwargs={"train": False},
+                          reduce="grad", channels=1)
+    p = variables["params"]["bn_init"]
+    gain = p["scale"][1] / jnp.sqrt(stats["bn_init"]["var"][1] + 1e-5)
+    np.testing.assert_allclose(np.asarray(bn.map), np.asarray(gain * conv.map), rtol=1e-5,
+                               atol=1e-6)
+    # The zoo's ResNet runs BatchNorm in inference mode already: every inner layer works.
+    zoo = ResNet(blocks=(1, 1), width=4, stages=2, bottleneck=False)
+    zv = zoo.init(jax.random.key(1), x[:1])
+    for name in ("bn1", "layer1_0", "layer2_0/bn1"):
+        got = erf_intermediate(zoo, zv, x, name)
+        want = erf(_captured(zoo, zv, name), x, crop="none")
+        np.testing.assert_allclose(np.asarray(got.map), np.asarray(want.map), rtol=1e-5,
+                                   atol=1e-7)
+
+
 # ------------------------------------------------------------------ errors
 
 
