@@ -17,6 +17,16 @@ Two folders are kept apart:
   modification time, so different source folders (e.g. synthetic test data) never collide
   and edited sources are rebuilt.
 
+Preparation is atomic and runs once: a build is written to a temporary folder next to its
+target, ``<prepared>/.<name>-<key>.tmp-<pid>-<random>/``, and renamed to ``<name>-<key>/``
+only when complete, so a target folder is either absent or whole. Builders hold an exclusive
+lock (``fcntl.flock`` on ``<prepared>/.<name>-<key>.lock``, released by the kernel when a
+process dies) while they check, build and rename: a second process preparing the same dataset
+waits and then opens the first one's build instead of building again. Under the lock,
+leftovers of killed runs (temporary folders of this key, a half-built target written by
+another tool or an older version) are removed before building. Without ``fcntl`` (not POSIX)
+there is no lock: concurrent builds may duplicate work, and the first rename wins.
+
 Conventions: images are uint8 NHWC. CIFAR-10 labels are int32 (N,) in 0..9. CamVid labels are
 int32 (N, H, W) in 0..10 with :data:`CAMVID_VOID` = 11 for unlabelled pixels, which losses and
 metrics must ignore. No image count or size is assumed (all images of one split must share
@@ -29,9 +39,12 @@ step number), :func:`augment_cifar`, :func:`augment_camvid` (jitted, determinist
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import secrets
+import shutil
 from pathlib import Path
 
 import jax
@@ -40,6 +53,11 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from rfjax.progress import progress_enabled
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (see the module docstring)
+    fcntl = None
 
 DATASETS = ("cifar10", "camvid")
 SPLITS = {"cifar10": ("train", "test"), "camvid": ("train", "val", "test")}
@@ -164,7 +182,8 @@ def prepare(
             f"{_LAYOUT}. {_HOW}"
         )
     key = sources.fingerprint(root, subdir)
-    tfds_dir = resolve_prepared_dir(prepared_dir) / f"{name}-{key}"
+    prepared = resolve_prepared_dir(prepared_dir)
+    target = prepared / f"{name}-{key}"
 
     import tensorflow_datasets as tfds  # deferred: slow import, only needed to build/read
 
@@ -173,19 +192,54 @@ def prepare(
     if not progress_enabled():
         tfds.disable_progress_bar()
     cls = RfjaxCifar10 if name == "cifar10" else RfjaxCamvid
-    builder = cls(data_dir=os.fspath(tfds_dir))
-    if not builder.is_prepared():
+    builder = cls(data_dir=os.fspath(target))
+    if builder.is_prepared():  # targets appear whole (renamed in): no lock needed to read
+        return builder
+    prepared.mkdir(parents=True, exist_ok=True)
+    with _locked(prepared / f".{name}-{key}.lock"):
+        builder = cls(data_dir=os.fspath(target))
+        if builder.is_prepared():  # another process built it while this one waited
+            return builder
+        if fcntl is not None:  # holding the lock: nobody else is building this key
+            _remove_leftovers(prepared, f".{name}-{key}.tmp-", target)
+        tmp = prepared / f".{name}-{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir()
         try:
-            builder.download_and_prepare(
+            cls(data_dir=os.fspath(tmp)).download_and_prepare(
                 download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(root))
             )
-        except OSError:
-            # TFDS builds in a temporary folder and renames it: if another process won that
-            # race, its (identical) copy is there now; otherwise the error is real.
-            builder = cls(data_dir=os.fspath(tfds_dir))
-            if not builder.is_prepared():
-                raise
-    return builder
+            try:
+                os.rename(tmp, target)  # atomic: the target is absent, then whole
+            except OSError:
+                if not cls(data_dir=os.fspath(target)).is_prepared():  # lost no race
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; else a failure
+    return cls(data_dir=os.fspath(target))
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive ``fcntl.flock`` on ``path`` (created if needed; kept afterwards, since
+    deleting a lock file races with its next user); no lock without ``fcntl``."""
+    if fcntl is None:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_leftovers(prepared: Path, tmp_prefix: str, target: Path) -> None:
+    """Remove this key's temporary folders (of killed runs) and a half-built target."""
+    for p in prepared.iterdir():
+        if p.name.startswith(tmp_prefix):
+            shutil.rmtree(p, ignore_errors=True)
+    if target.exists():
+        shutil.rmtree(target)
 
 
 def load(
