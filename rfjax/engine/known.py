@@ -60,6 +60,7 @@ def default(dtype) -> tuple[float, float] | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
 def _is_float(dtype) -> bool:
     return bool(jnp.issubdtype(np.dtype(dtype), np.floating))
 
@@ -146,7 +147,7 @@ def nonzero(env, v) -> np.ndarray | None:
             z = np.asarray(val) == 0
     if not np.any(z):
         return None
-    return compact(np.asarray(~z))
+    return ~z
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,12 +474,11 @@ def _dot_general(eqn, ops):
     nz = [ops.nonzero(0), ops.nonzero(1)]
     if nz[0] is None and nz[1] is None:
         return [None]
-    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     nl, nr = len(ops.shape(0)), len(ops.shape(1))
     ls, rs, os_ = dot_subscripts(eqn.params["dimension_numbers"], nl, nr)
     arrs = [bshape(n, k).astype(np.float32) if n is not None else np.ones((1,) * k, np.float32)
             for n, k in zip(nz, (nl, nr), strict=True)]
-    cnt = np.einsum(f"{ls},{rs}->{os_}", *arrs)
+    cnt = np.einsum(f"{ls},{rs}->{os_}", *arrs, optimize=True)
     zero = cnt == 0
     if not zero.any():
         return [None]
@@ -571,6 +571,40 @@ def _keep(res, aval) -> Known | None:
     return Known(lo, hi)
 
 
+#: Rules in which a zero operand may fix the result (0 * x, 0 / x, False and x, True or x).
+_ZERO_MATTERS = frozenset({"mul", "div", "and", "or"})
+#: Rules whose result an ordinary constant combined with default operands never fixes.
+_ORDINARY_SKIP = frozenset({"add", "sub", "mul", "div", "max", "min", "eq", "ne", "lt", "le",
+                            "gt", "ge", "pow", "atan2", "rem"})
+
+
+def _only_ordinary_constants(eqn, ops: Operands) -> bool:
+    """A shortcut for the common case (``relu``'s ``max(x, 0)``, ``x * 0.5``, ``x + bias``
+    of a closed-over bias): whether the only bounds are float constants that cannot fix an
+    element of the result. For the rules in ``_ORDINARY_SKIP``, a finite constant of magnitude
+    at most ``SATURATION`` (non-zero for ``mul`` and ``div``) against default operands gives
+    neither an exact value nor a saturated one; so the shortcut decides nothing."""
+    name = eqn.primitive.name
+    if name not in _ORDINARY_SKIP:
+        return False
+    for i, v in enumerate(eqn.invars):
+        if not ops.informative(i):
+            continue
+        if not _is_float(ops.dtype(i)):
+            return False
+        if isinstance(v, jcore.Literal):
+            c = np.asarray(v.val)
+        elif ops.env.read_info(v) is None:
+            c = np.asarray(ops.env.read_val(v))
+        else:
+            return False  # a tracked operand with bounds
+        with np.errstate(all="ignore"):
+            a = np.abs(c.astype(np.float64))
+        if not np.all(a <= SATURATION) or (name in _ZERO_MATTERS and not np.all(a > 0)):
+            return False
+    return True
+
+
 def settle(eqn, env, out_infos: list, bwd):
     """Compute the outputs' :class:`Known` bounds after a rule; elements whose value is fixed
     depend on nothing: their intervals are emptied and backward masks stop there. Outputs
@@ -582,6 +616,8 @@ def settle(eqn, env, out_infos: list, bwd):
         return out_infos, bwd
     ops = Operands(eqn, env)
     if not any(ops.informative(i) for i in range(len(eqn.invars))):
+        return out_infos, bwd
+    if _only_ordinary_constants(eqn, ops):
         return out_infos, bwd
     res = fn(eqn, ops)
     new = list(out_infos)
