@@ -159,6 +159,22 @@ def test_flax_multi_head_attention_with_causal_mask():
     assert t.is_global == (False,)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_masks_with_a_float32_softmax(dtype):
+    # finfo(float16).min is only -65504: it is a structural zero because the float16 logits
+    # it competes with are bounded by float16's own range once cast to float32.
+    model = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8, dtype=dtype,
+                                            force_fp32_for_softmax=True)
+    x = jnp.ones((1, T, C), dtype)
+    params = model.init(jax.random.key(0), x, mask=nn.make_causal_mask(x[..., 0]))
+
+    def f(p, x):
+        return model.apply(p, x, mask=nn.make_causal_mask(x[..., 0]))
+
+    t = rfjax.trf(functools.partial(f, params), jax.ShapeDtypeStruct((1, T, C), dtype))
+    assert (t.masks() == _causal(T)).all() and t.is_global == (False,)
+
+
 def test_causal_attention_over_an_image_in_raster_order():
     H = W = 3
 

@@ -46,6 +46,7 @@ class Known:
 
     lo: np.ndarray
     hi: np.ndarray
+    narrow: bool = False  # holds the range of a narrower float dtype (float16 cast up)
 
     @property
     def exact(self) -> np.ndarray:

@@ -7,27 +7,32 @@ structural zero, so a causal mask makes attention depend on past tokens only.
 and closed-over arrays (the jaxpr's constants, e.g. a NumPy band matrix used in an ``einsum``)
 are program constants. The parameters passed to ``fn`` (``functools.partial(apply, params)``,
 which :func:`rfjax.trf` traces as abstract jaxpr inputs) are *not*: a weight that happens to be
-0 is not architecture.
+0 is not architecture. Weights that ``fn`` closes over (``lambda x: apply(params, x)``) are
+constants of the program, so their exact zeros count (a zero-initialised kernel cuts its path);
+pass parameters with ``functools.partial`` to keep them abstract.
 
 **What is propagated.** A variable that depends on ``x`` may carry a
 :class:`~rfjax.engine.fields.Known`: per element, bounds ``lo <= value <= hi`` computed by
-interval arithmetic with NumPy in the variable's dtype (IEEE rounding is monotone, so bounds
-computed in the dtype hold for the value XLA computes). Where ``lo == hi`` the value is fixed:
-the element depends on nothing, so :func:`settle` empties its index intervals and backward
-masks stop there. :func:`nonzero` gives the elements that may be non-zero, which
+interval arithmetic with NumPy in the variable's dtype (``+ - * /`` are correctly rounded and
+rounding is monotone, so those bounds hold for XLA's values). Where ``lo == hi`` the value is
+fixed: the element depends on nothing, so :func:`settle` empties its index intervals and
+backward masks stop there. :func:`nonzero` gives the elements that may be non-zero, which
 ``dot_general`` and ``conv_general_dilated`` use to drop the terms of a known-zero operand.
+Structure only ever depends on which values are exactly 0, infinite or select a given case.
 
-**The one assumption.** A value rfjax cannot bound from the program (``x``, the parameters and
-what is computed from them: attention logits, a softmax's row maximum) is finite, at most
-``finfo(dtype).max / 2`` in magnitude, and non-zero where it divides (a network that comes
-within a factor two of overflow, or divides by an exact zero, produces inf or NaN). Hence
-``exp(m - max)`` is exactly 0 for a mask value ``m`` of ``-inf``, ``finfo(dtype).min`` or
-``jax.nn``'s ``-0.7 * finfo(dtype).max``: ``m - max <= m + finfo.max / 2`` underflows. A small
-mask value (Swin's ``-100``, ``-1e4``, ``-1e9``) is not a structural zero: a logit could be
-as negative, so such attention stays dense. Bounds are kept only where they fix the value or
-place it beyond ``+-SATURATION`` (where ``exp``, ``logistic`` and ``tanh`` saturate in every
-float dtype); elsewhere the default applies, so almost every variable carries no ``Known``
-(``None``) and a CNN pays nothing.
+**The one assumption (finite activations).** A value rfjax cannot bound from the program
+(``x``, the parameters and what is computed from them: attention logits, a softmax's row
+maximum, its sum) is finite, at most ``finfo(dtype).max / 2`` in magnitude, and non-zero where
+it divides (otherwise the network itself produces inf or NaN). So ``0 * a == 0``,
+``0 / a == 0``, ``-inf + a == -inf``, and a softmax weight ``exp(m - max)`` of a masked logit
+``m`` is exactly 0 when ``exp(m + finfo(dtype).max / 2)`` underflows, i.e. for
+``m < -finfo.max / 2 - 1000``: ``-inf``, ``finfo(dtype).min``, ``jax.nn``'s
+``-0.7 * finfo(dtype).max``. A smaller mask value (Swin's ``-100``, ``-1e4``, ``-1e9``) is not a
+structural zero: a logit could be as negative, so such attention stays dense. Bounds are
+kept only where they fix the value, place it beyond ``+-SATURATION`` (where ``exp``,
+``logistic`` and ``tanh`` saturate in every float dtype) or hold the smaller default of a
+narrower float dtype cast up (float16 logits in a float32 softmax); elsewhere the default
+applies, so almost every variable carries no ``Known`` (``None``) and a CNN pays nothing.
 """
 
 from __future__ import annotations
@@ -550,9 +555,11 @@ TABLE: dict[str, Callable] = {
 # --------------------------------------------------------------------------------------------
 
 
-def _keep(res, aval) -> Known | None:
-    """The bounds worth keeping: exact values, and values beyond +-SATURATION (floats);
-    every other element gets the default."""
+def _keep(res, aval, narrow: bool) -> Known | None:
+    """The bounds worth keeping: exact values and, for floats, values beyond +-SATURATION;
+    with ``narrow`` (a cast up from a narrower float dtype, or an operand that holds such a
+    range) also values within half the default (float16 logits cast to float32). Every other
+    element gets the default."""
     if res is None:
         return None
     d = default(aval.dtype)
@@ -561,31 +568,53 @@ def _keep(res, aval) -> Known | None:
     lo, hi = np.asarray(res[0], np.float64), np.asarray(res[1], np.float64)
     valid = ~(np.isnan(lo) | np.isnan(hi)) & (lo <= hi)
     keep = valid & (lo == hi)
+    tight = None
     if _is_float(aval.dtype):
         keep |= valid & ((hi < -SATURATION) | (lo > SATURATION))
+        if narrow:
+            tight = valid & ~keep & (np.maximum(np.abs(lo), np.abs(hi)) <= d[1] / 2)
+            keep |= tight
     if not keep.any():
         return None
     ndim = len(aval.shape)
     lo = compact(bshape(np.where(keep, lo, d[0]), ndim))
     hi = compact(bshape(np.where(keep, hi, d[1]), ndim))
-    return Known(lo, hi)
+    return Known(lo, hi, bool(tight is not None and tight.any()))
 
 
-#: Rules in which a zero operand may fix the result (0 * x, 0 / x, False and x, True or x).
-_ZERO_MATTERS = frozenset({"mul", "div", "and", "or"})
-#: Rules whose result an ordinary constant combined with default operands never fixes.
-_ORDINARY_SKIP = frozenset({"add", "sub", "mul", "div", "max", "min", "eq", "ne", "lt", "le",
-                            "gt", "ge", "pow", "atan2", "rem"})
+def _narrow(eqn, ops: Operands) -> bool:
+    """Whether the results may hold the range of a narrower float dtype (see :func:`_keep`)."""
+    if eqn.primitive.name == "convert_element_type":
+        old, new = ops.dtype(0), np.dtype(eqn.params["new_dtype"])
+        if _is_float(old) and _is_float(new) and default(old)[1] < default(new)[1]:
+            return True
+    for v in eqn.invars:
+        info = None if isinstance(v, jcore.Literal) else ops.env.read_info(v)
+        if info is not None and info.known is not None and info.known.narrow:
+            return True
+    return False
+
+
+def _small(a):
+    return a <= SATURATION
+
+
+#: Per rule, the magnitudes ``|c|`` of a constant operand that, against default operands,
+#: give neither an exact value nor a saturated one: ``x + 1``, ``max(x, 0)`` (relu),
+#: ``x * 0.5``, ``x / 4``, ``x < 3``.
+_ORDINARY = {
+    **{n: _small for n in ("add", "sub", "max", "min", "eq", "ne", "lt", "le", "gt", "ge")},
+    "mul": lambda a: (a > 0) & (a < INF),
+    "div": lambda a: (a > 0) & (a < INF),
+    **{n: lambda a: a == a for n in ("pow", "atan2", "rem")},  # exact-only rules
+}
 
 
 def _only_ordinary_constants(eqn, ops: Operands) -> bool:
-    """A shortcut for the common case (``relu``'s ``max(x, 0)``, ``x * 0.5``, ``x + bias``
-    of a closed-over bias): whether the only bounds are float constants that cannot fix an
-    element of the result. For the rules in ``_ORDINARY_SKIP``, a finite constant of magnitude
-    at most ``SATURATION`` (non-zero for ``mul`` and ``div``) against default operands gives
-    neither an exact value nor a saturated one; so the shortcut decides nothing."""
-    name = eqn.primitive.name
-    if name not in _ORDINARY_SKIP:
+    """A shortcut for the common case: whether the only bounds are float constants (literals,
+    program constants) that :func:`_keep` would keep nothing of (see ``_ORDINARY``)."""
+    ordinary = _ORDINARY.get(eqn.primitive.name)
+    if ordinary is None:
         return False
     for i, v in enumerate(eqn.invars):
         if not ops.informative(i):
@@ -599,9 +628,8 @@ def _only_ordinary_constants(eqn, ops: Operands) -> bool:
         else:
             return False  # a tracked operand with bounds
         with np.errstate(all="ignore"):
-            a = np.abs(c.astype(np.float64))
-        if not np.all(a <= SATURATION) or (name in _ZERO_MATTERS and not np.all(a > 0)):
-            return False
+            if not np.all(ordinary(np.abs(c.astype(np.float64)))):
+                return False
     return True
 
 
@@ -620,12 +648,13 @@ def settle(eqn, env, out_infos: list, bwd):
     if _only_ordinary_constants(eqn, ops):
         return out_infos, bwd
     res = fn(eqn, ops)
+    narrow = _narrow(eqn, ops)
     new = list(out_infos)
     exact: list = [None] * len(out_infos)
     for k, (o, info, r) in enumerate(zip(eqn.outvars, out_infos, res, strict=True)):
         if info is None or info.known is not None:
             continue
-        known = _keep(r, o.aval)
+        known = _keep(r, o.aval, narrow)
         if known is None:
             continue
         E = known.exact
