@@ -168,7 +168,7 @@ def _ev(fn: Callable, dtype, *args) -> np.ndarray:
         return np.asarray(r).astype(np.float64)
 
 
-def _exact_only(fn: Callable, ops: Operands, dtypes=None):
+def _exact_only(fn: Callable, ops: Operands):
     """``fn`` on the elements where every operand is exact; NaN (unknown) elsewhere."""
     bs = [ops.bounds(i) for i in range(len(ops.eqn.invars))]
     if any(b is None for b in bs):
@@ -176,10 +176,10 @@ def _exact_only(fn: Callable, ops: Operands, dtypes=None):
     ex = functools.reduce(np.logical_and, [b[0] == b[1] for b in bs])
     if not np.any(ex):
         return None
-    dts = dtypes or [ops.dtype(i) for i in range(len(bs))]
     args = []
-    for (lo, _hi), dt in zip(bs, dts, strict=True):
-        a = np.where(ex, lo, 0.0)
+    for i, (lo, _hi) in enumerate(bs):
+        dt = ops.dtype(i)
+        a = np.where(ex, lo, 1.0)  # (1: a harmless divisor where the result is not used)
         with np.errstate(all="ignore"):
             args.append(a.astype(dt))
     try:
@@ -267,9 +267,8 @@ def _convert_rule(eqn, ops):
     if default(new) is None:
         return [None]
     lo, hi = ops.bounds(0)
-    if _is_float(new):  # a monotone cast
-        return [(_ev(lambda x: x, new, _ev(lambda x: x, old, lo)),
-                 _ev(lambda x: x, new, _ev(lambda x: x, old, hi)))]
+    if _is_float(new):  # a monotone cast (the bounds are values of the old dtype already)
+        return [(_ev(lambda x: x, new, lo), _ev(lambda x: x, new, hi))]
     if new == np.bool_:
         t = (lo > 0) | (hi < 0)
         f = (lo == 0) & (hi == 0)
@@ -330,13 +329,17 @@ def _div(eqn, ops):
 
 
 def _int_div(a, b):
-    return (np.sign(a) * np.sign(b) * (np.abs(a) // np.where(b == 0, 1, np.abs(b)))).astype(
-        a.dtype)
+    """XLA's integer division (towards zero); division by zero is left unknown."""
+    if np.any(b == 0):
+        raise ArithmeticError("integer division by zero")
+    return (np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))).astype(a.dtype)
 
 
 def _monotone2(fn):
     def rule(eqn, ops):
         dt = ops.dtype(0)
+        if not _is_float(dt):
+            return [_exact_only(fn, ops)]
         (la, ha), (lb, hb) = ops.bounds(0), ops.bounds(1)
         return [(_ev(fn, dt, la, lb), _ev(fn, dt, ha, hb))]
 
@@ -389,10 +392,13 @@ def _select_n(eqn, ops):
 
 def _clamp(eqn, ops):
     dt = ops.dtype(1)
-    (l0, h0), (lx, hx), (l1, h1) = ops.bounds(0), ops.bounds(1), ops.bounds(2)
 
     def f(a, x, b):
         return np.minimum(np.maximum(x, a), b)
+
+    if not _is_float(dt):
+        return [_exact_only(f, ops)]
+    (l0, h0), (lx, hx), (l1, h1) = ops.bounds(0), ops.bounds(1), ops.bounds(2)
 
     return [(_ev(f, dt, l0, lx, l1), _ev(f, dt, h0, hx, h1))]
 
@@ -647,7 +653,10 @@ def settle(eqn, env, out_infos: list, bwd):
         return out_infos, bwd
     if _only_ordinary_constants(eqn, ops):
         return out_infos, bwd
-    res = fn(eqn, ops)
+    try:
+        res = fn(eqn, ops)
+    except (TypeError, ValueError, ArithmeticError):  # a dtype NumPy cannot compute in
+        return out_infos, bwd
     narrow = _narrow(eqn, ops)
     new = list(out_infos)
     exact: list = [None] * len(out_infos)
