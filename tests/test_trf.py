@@ -196,7 +196,12 @@ def test_dilation_holes_are_not_global():
 
 def test_relu_at_zero_does_not_shrink_the_field():
     # Activations are never inspected: relu(0) = 0 everywhere still depends on everything.
-    t = rfjax.trf(lambda x: conv(jax.nn.relu(conv(x * 0.0))), (1, 8, 8, 1))
+    # (The zero is a parameter: a literal `x * 0.0` is a program constant, a structural zero,
+    # see tests/test_known_values.py.)
+    def f(w, x):
+        return conv(jax.nn.relu(conv(x * w)))
+
+    t = rfjax.trf(functools.partial(f, jnp.zeros(())), (1, 8, 8, 1))
     assert t.mask((4, 4)).sum() == 25
 
 

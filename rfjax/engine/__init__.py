@@ -7,6 +7,8 @@ Modules, in the order the analysis uses them:
   through the :class:`Tape`) and the array helpers the rules share;
 * :mod:`~rfjax.engine.window`: the per-axis geometry of windowed operations;
 * :mod:`~rfjax.engine.constants`: values fixed by the program (indices, constant matrices);
+* :mod:`~rfjax.engine.known`: known values of tracked variables (masked logits, exact zeros),
+  which depend on nothing;
 * :mod:`~rfjax.engine.registry` and :mod:`~rfjax.engine.rules`: the one table of primitive
   rules (TRF rule, cone rule, table row), grouped by family;
 * :mod:`~rfjax.engine.interpreter`: the forward pass over a jaxpr;

@@ -15,6 +15,10 @@ Two passes over the jaxpr of ``fn``:
   outputs (with a leading query axis ``Q``) to masks over its inputs. Running the tape from a
   one-hot output mask gives, for each query, *exactly* the set of input elements that have a
   path to it (padding positions are not elements, so masks are clipped).
+
+An :class:`Info` may also carry :class:`Known` bounds on its variable's *values*: elements
+whose value the program fixes whatever ``x`` and the parameters are (a masked logit, a
+softmax weight that is exactly 0) depend on nothing (see :mod:`rfjax.engine.known`).
 """
 
 from __future__ import annotations
@@ -34,12 +38,30 @@ INF = np.inf
 
 
 @dataclasses.dataclass
+class Known:
+    """Bounds on the values of a variable's elements, whatever ``x`` and the parameters are:
+    float64 arrays ``lo <= value <= hi``, broadcastable to the variable's shape (compact).
+    Where ``lo == hi`` the element's value is fixed by the program (see
+    :mod:`rfjax.engine.known`)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    narrow: bool = False  # holds the range of a narrower float dtype (float16 cast up)
+
+    @property
+    def exact(self) -> np.ndarray:
+        """Boolean (compact): the elements whose value is fixed."""
+        return self.lo == self.hi
+
+
+@dataclasses.dataclass
 class Info:
     """Forward information of one tracked variable (see module docstring)."""
 
     lo: list[np.ndarray]
     hi: list[np.ndarray]
     slope: list[np.ndarray]  # per tracked axis: float array (ndim,), the jump along each axis
+    known: Known | None = None  # bounds on the values (None: nothing beyond the default)
 
     @property
     def naxes(self) -> int:

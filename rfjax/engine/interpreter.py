@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from jax.extend import core as jcore
 
-from rfjax.engine import constants, registry
+from rfjax.engine import constants, known, registry
 from rfjax.engine.errors import UnsupportedPrimitiveError, name_of, source_line
 from rfjax.engine.fields import Context, Info, Row, Tape, compact, estimate_slopes
 from rfjax.engine.rules.control import join_names, sub_jaxpr
@@ -103,7 +103,8 @@ def forward(jaxpr: jcore.Jaxpr, consts: Sequence[Any], in_infos: Sequence[Info |
       jaxpr, consts: the program and its constants.
       in_infos: per invar, its :class:`Info` if it depends on the input, else ``None``.
       in_vals, in_pure: per invar, its concrete value (or ``None``: unknown, e.g. a weight)
-        and whether that value is fixed by the program.
+        and whether that value is fixed by the program. The jaxpr's own constants
+        (closed-over arrays) are fixed by the program.
       ctx: the analysis context (tracked axes, table rows).
       prefix: the name-stack prefix of the enclosing call (for table rows).
 
@@ -114,7 +115,7 @@ def forward(jaxpr: jcore.Jaxpr, consts: Sequence[Any], in_infos: Sequence[Info |
     env = Env()
     for v, c in zip(jaxpr.constvars, consts, strict=True):
         env.val[v] = c
-        env.pure[v] = False
+        env.pure[v] = True  # closed-over arrays are fixed by the program (rfjax.engine.known)
     for v, i, c, p in zip(jaxpr.invars, in_infos, in_vals, in_pure, strict=True):
         if i is not None:
             env.info[v] = i
@@ -137,6 +138,7 @@ def forward(jaxpr: jcore.Jaxpr, consts: Sequence[Any], in_infos: Sequence[Info |
                 "static gathers)."
             )
         out_infos, bwd = rule.trf(eqn, infos, env, ctx, prefix)
+        out_infos, bwd = known.settle(eqn, env, out_infos, bwd)
         _refine_slopes(eqn, out_infos)
         for o, i in zip(eqn.outvars, out_infos, strict=True):
             if i is not None and not isinstance(o, jcore.DropVar):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from rfjax.engine import known
 from rfjax.engine.cone_ir import Unsupported, is_dependent
-from rfjax.engine.fields import INF, Info, bshape, combine, estimate_slopes, materialize
+from rfjax.engine.fields import INF, Info, bshape, combine, estimate_slopes
 from rfjax.engine.records import ConeRule, PrimitiveRule
 
 
@@ -103,46 +104,27 @@ def top_k_rule(eqn, infos, env, ctx, prefix):
 
 
 def dot_general_rule(eqn, infos, env, ctx, prefix):
-    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     lhs_shape = tuple(eqn.invars[0].aval.shape)
     rhs_shape = tuple(eqn.invars[1].aval.shape)
     out_shape = tuple(eqn.outvars[0].aval.shape)
     nl, nr, no = len(lhs_shape), len(rhs_shape), len(out_shape)
-    lfree = [d for d in range(nl) if d not in lc and d not in lb]
-    rfree = [d for d in range(nr) if d not in rc and d not in rb]
-    letters = iter("abcdefghijklmnopqrstuvwxyz")
-    lsub = [""] * nl
-    rsub = [""] * nr
-    for dl, dr in zip(lb, rb, strict=True):
-        c = next(letters)
-        lsub[dl] = rsub[dr] = c
-    for dl, dr in zip(lc, rc, strict=True):
-        c = next(letters)
-        lsub[dl] = rsub[dr] = c
-    for d in lfree:
-        lsub[d] = next(letters)
-    for d in rfree:
-        rsub[d] = next(letters)
-    osub = [lsub[d] for d in lb] + [lsub[d] for d in lfree] + [rsub[d] for d in rfree]
-    ls, rs, os_ = "".join(lsub), "".join(rsub), "".join(osub)
+    ls, rs, os_ = known.dot_subscripts(eqn.params["dimension_numbers"], nl, nr)
     lhs_i, rhs_i = infos
-    # The zero pattern of an operand fixed by the program (e.g. resize's interpolation matrix)
-    # is architecture; a weight's is not.
-    nz = [None, None]
+    # The zero pattern of an operand fixed by the program (e.g. resize's interpolation matrix,
+    # a closed-over band matrix) is architecture; a weight's is not. So are the known zeros of
+    # a tracked operand (masked softmax weights, see rfjax.engine.known): a term with a known
+    # zero factor contributes nothing.
+    nz = [None, None]  # per operand, where it may be non-zero (None: everywhere)
     for k, i in enumerate(infos):
-        other = 1 - k
-        val = env.read_val(eqn.invars[other])
-        if i is not None and infos[other] is None and val is not None and env.is_pure(
-                eqn.invars[other]):
-            nz[other] = np.asarray(val) != 0
+        if i is not None:
+            nz[1 - k] = known.nonzero(env, eqn.invars[1 - k])
 
     def fwd_side(info, sub, shape, other_nz, other_sub):
         lo, hi, slope = [], [], []
         for a in range(ctx.naxes):
             res = []
             for arr, is_lo in ((info.lo[a], True), (info.hi[a], False)):
-                A = materialize(arr, shape) if other_nz is not None else bshape(arr,
-                                                                                  len(shape))
+                A = bshape(arr, len(shape))
                 if other_nz is None:
                     # dense: reduce contracted dims, keep the rest (size-1 where compact)
                     red = tuple(d for d, c in enumerate(sub) if c not in os_)
@@ -184,8 +166,11 @@ def dot_general_rule(eqn, infos, env, ctx, prefix):
             r = np.transpose(r, [0] + [1 + kept.index(c) for c in sub if c in kept])
             return np.broadcast_to(r.reshape(shp), (m.shape[0],) + shape).copy()
         r = np.einsum(f"{q}{os_},{other_sub}->{q}{sub}", m.astype(np.float32),
-                      other_nz.astype(np.float32))
-        return r > 0
+                      bshape(other_nz, len(other_sub)).astype(np.float32), optimize=True)
+        r = r > 0
+        if r.shape[1:] != shape:  # other_nz is compact along a contracted dim
+            r = np.ascontiguousarray(np.broadcast_to(r, (m.shape[0],) + shape))
+        return r
 
     def bwd(oms):
         m = oms[0]

@@ -7,11 +7,14 @@ equals the full computation's (zero padding only where the window meets the arra
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from rfjax.engine import known
 from rfjax.engine.cone_ir import Unsupported, clip, is_dependent
 from rfjax.engine.errors import UnsupportedPrimitiveError, source_line
-from rfjax.engine.fields import Info, bshape, combine
+from rfjax.engine.fields import INF, Info, bshape, combine, materialize
 from rfjax.engine.records import ConeRule, PrimitiveRule
 from rfjax.engine.window import (
     Window,
@@ -50,7 +53,17 @@ def conv_rule(eqn, infos, env, ctx, prefix):
             pad_lo=p["padding"][i][0], lhs_dilation=lhs_dil[i], rhs_dilation=rhs_dil[i])
     ndim = len(out_shape)
     outs = []
-    if lhs_i is not None:
+    # A kernel fixed by the program (conv_general_dilated_patches, a fixed filter) with zeros:
+    # only its non-zero taps connect, per output feature, input feature and spatial offset.
+    taps = None
+    if lhs_i is not None and rhs_i is None:
+        knz = known.nonzero(env, eqn.invars[1])
+        if knz is not None:
+            taps = _KernelTaps(np.transpose(materialize(knz, rhs_shape), rspec), G, windows,
+                               rhs_dil)
+    if taps is not None:
+        outs.append(taps.forward(lhs_i, lspec, ospec, ndim, ctx.naxes))
+    elif lhs_i is not None:
         lo, hi, slope = [], [], []
         for a in range(ctx.naxes):
             res = []
@@ -90,7 +103,9 @@ def conv_rule(eqn, infos, env, ctx, prefix):
     def bwd(oms):
         m = oms[0]
         res = [None, None]
-        if lhs_i is not None:
+        if taps is not None:
+            res[0] = taps.backward(m, lspec, ospec, lhs_shape)
+        elif lhs_i is not None:
             M = np.transpose(m, (0,) + tuple(1 + j for j in ospec))  # (Q, batch, feat, sp...)
             M = group_any(M, 2, G, cout)
             for i in range(nsp):
@@ -108,6 +123,86 @@ def conv_rule(eqn, infos, env, ctx, prefix):
 
     return [out], bwd
 
+
+class _KernelTaps:
+    """The taps of a convolution kernel fixed by the program that has zeros: output feature
+    ``o`` at ``u`` depends on input feature ``c`` at tap ``k`` iff ``w[o, c, k] != 0``.
+
+    ``nz`` is the kernel's may-be-non-zero pattern as ``(out features, in features per group,
+    *spatial)``. Each non-zero tap is a single-offset window per axis (a size-1 window whose
+    padding is shifted by the tap's offset), so the unclipped hull into the padding is the
+    one of the dense rule restricted to those taps."""
+
+    def __init__(self, nz: np.ndarray, G: int, windows: dict, rhs_dil):
+        self.G = G
+        cout, self.cin_g = nz.shape[:2]
+        self.cout_g = cout // G
+        self.nsp = nz.ndim - 2
+        self.taps = [k for k in np.ndindex(*nz.shape[2:]) if nz[(slice(None),) * 2 + k].any()]
+        self.pattern = {k: nz[(slice(None),) * 2 + k].reshape(G, self.cout_g, self.cin_g)
+                        for k in self.taps}
+        self.win = {}
+        for i, w in windows.items():
+            for k in {t[i] for t in self.taps}:
+                self.win[(i, k)] = dataclasses.replace(w, size=1,
+                                                       pad_lo=w.pad_lo - k * rhs_dil[i])
+        self.rel = {key: w.relation() for key, w in self.win.items()}
+
+    def _mix(self, A: np.ndarray, P: np.ndarray, fill: float, red) -> np.ndarray:
+        """(batch, in feat or 1, *sp) -> (batch, out feat or 1, *sp) through pattern P."""
+        sp = A.shape[2:]
+        if A.shape[1] == 1:
+            sel = P.any(axis=-1).reshape(-1)
+            if sel.all():
+                return A
+            return np.where(sel.reshape((1, -1) + (1,) * len(sp)), A, fill)
+        Ar = A.reshape((A.shape[0], self.G, 1, self.cin_g) + sp)
+        V = np.where(P.reshape((1,) + P.shape + (1,) * len(sp)), Ar, fill)
+        return red(V, axis=3).reshape((A.shape[0], self.G * self.cout_g) + sp)
+
+    def forward(self, info: Info, lspec, ospec, ndim: int, naxes: int) -> Info:
+        lo, hi, slope = [], [], []
+        for a in range(naxes):
+            res = []
+            for arr, is_lo in ((info.lo[a], True), (info.hi[a], False)):
+                fill, op = (INF, np.minimum) if is_lo else (-INF, np.maximum)
+                A = np.transpose(bshape(arr, ndim), lspec)  # (batch, feature, spatial...)
+                acc = None
+                for k in self.taps:
+                    Ak = A
+                    for i in range(self.nsp):
+                        Ak = self.win[(i, k[i])].forward(Ak, 2 + i,
+                                                         info.slope[a][lspec[2 + i]], is_lo)
+                    Mk = self._mix(Ak, self.pattern[k], fill, np.min if is_lo else np.max)
+                    acc = Mk if acc is None else op(acc, Mk)
+                if acc is None:
+                    acc = np.full((1,) * ndim, fill)
+                res.append(np.transpose(acc, np.argsort(ospec)))
+            s = np.zeros(ndim)
+            s[ospec[0]] = info.slope[a][lspec[0]]
+            for i in range(self.nsp):
+                w = self.win[(i, self.taps[0][i])] if self.taps else None
+                if w is not None:
+                    s[ospec[2 + i]] = info.slope[a][lspec[2 + i]] * w.stride / w.lhs_dilation
+            lo.append(res[0])
+            hi.append(res[1])
+            slope.append(s)
+        return Info(lo, hi, slope)
+
+    def backward(self, m: np.ndarray, lspec, ospec, lhs_shape) -> np.ndarray:
+        M = np.transpose(m, (0,) + tuple(1 + j for j in ospec))  # (Q, batch, feat, sp...)
+        Q, B = M.shape[:2]
+        sp_out = M.shape[3:]
+        Mg = M.reshape((Q, B, self.G, self.cout_g) + sp_out).astype(np.float32)
+        shape_in = tuple(lhs_shape[j] for j in lspec)
+        res = np.zeros((Q,) + shape_in, dtype=bool)
+        for k in self.taps:
+            R = np.einsum("qbgo...,goi->qbgi...", Mg, self.pattern[k].astype(np.float32)) > 0
+            R = R.reshape((Q, B, self.G * self.cin_g) + sp_out)
+            for i in range(self.nsp):
+                R = apply_relation(R, 3 + i, self.rel[(i, k[i])])
+            res |= R
+        return np.transpose(res, (0,) + tuple(1 + j for j in np.argsort(lspec)))
 
 
 def reduce_window_rule(eqn, infos, env, ctx, prefix):
