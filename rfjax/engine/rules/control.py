@@ -10,6 +10,7 @@ from jax.extend import core as jcore
 from rfjax.engine.errors import (
     DynamicDependencyError,
     UnsupportedPrimitiveError,
+    enclosing,
     name_of,
     source_line,
 )
@@ -57,7 +58,8 @@ def call_rule(eqn, infos, env, ctx, prefix):
     sub_prefix = join_names(prefix, name_of(eqn))
     if eqn.primitive.name in ("pjit", "jit") and eqn.params.get("name"):
         sub_prefix = join_names(sub_prefix, str(eqn.params["name"]))
-    outs, _, _, tape = ctx.run(jaxpr, consts, infos, vals, pure, sub_prefix)
+    with enclosing(eqn):  # messages inside jnp's own jits name the user's line
+        outs, _, _, tape = ctx.run(jaxpr, consts, infos, vals, pure, sub_prefix)
 
     def bwd(oms):
         return backward(tape, jaxpr, oms)
