@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -96,9 +97,31 @@ def to_host(x):
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 
 
+def _nested_consts(params, out: list) -> None:
+    """The constants of the closed jaxprs in ``params`` (recursively): the text of a jaxpr
+    names them without their values."""
+    for p in params.values() if isinstance(params, dict) else params:
+        if isinstance(p, jcore.ClosedJaxpr):
+            for c in p.consts:
+                if isinstance(c, jax.Array) and is_key(c):
+                    c = jax.random.key_data(c)
+                c = np.asarray(c)
+                out.append((c.shape, str(c.dtype), hashlib.sha1(c.tobytes()).hexdigest()))
+            p = p.jaxpr
+        if isinstance(p, jcore.Jaxpr):
+            for e in p.eqns:
+                _nested_consts(e.params, out)
+        elif isinstance(p, tuple | list):
+            _nested_consts(p, out)
+
+
 def _program(jaxpr: jcore.Jaxpr) -> Callable:
-    """The jitted function of a closed-over-nothing jaxpr; one compilation per distinct text."""
-    key = str(jaxpr)
+    """The jitted function of a closed-over-nothing jaxpr; one compilation per distinct text
+    (and values of the constants of the jaxprs nested in it)."""
+    nested: list = []
+    for e in jaxpr.eqns:
+        _nested_consts(e.params, nested)
+    key = (str(jaxpr), tuple(nested))
     fn = _PROGRAMS.get(key)
     if fn is None:
         fn = jax.jit(jcore.jaxpr_as_fun(jcore.ClosedJaxpr(jaxpr, ())))
