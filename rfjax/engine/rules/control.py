@@ -4,6 +4,7 @@ unrolled with their trip counts, which must be fixed by the program."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 from jax.extend import core as jcore
 
@@ -88,7 +89,8 @@ def scan_rule(eqn, infos, env, ctx, prefix):
     for t in order:
         xi = [(_slice_info(i, t, s) if i is not None else None)
               for i, s in zip(x_infos, x_shapes, strict=True)]
-        xv = [(np.asarray(v)[t] if v is not None else None) for v in x_vals]
+        xv = [(None if v is None else v[t] if isinstance(v, jax.Array)  # keys stay jax arrays
+               else np.asarray(v)[t]) for v in x_vals]
         outs, ovals, opure, tape = ctx.run(
             jaxpr, consts, list(c_infos) + carry_i + xi, list(c_vals) + carry_v + xv,
             list(pure[:nc]) + list(carry_p) + list(pure[nc + nk:]), prefix)
