@@ -334,41 +334,57 @@ class Evaluator:
     """Evaluates a jaxpr's input-independent equations as the interpreter reaches them.
 
     ``env`` holds ``info`` (input-dependent variables), ``val``/``pure`` (known values and
-    whether they are fixed by the program) and ``why`` (why a value is missing).
+    whether they are fixed by the program) and ``why`` (why a value is missing). A plan's
+    program runs when a value it computes is first read (:meth:`value`, through
+    ``env.read_val``): values that no rule reads (the zeros of a ``jnp.where``) compile
+    nothing.
     """
 
     def __init__(self, jaxpr: jcore.Jaxpr, env):
         self.struct = structure(jaxpr)
         self.env = env
         self.plan: Plan | None = None
+        self.pending: dict = {}  # variable -> the plan whose program computes it
 
-    def _known(self, v) -> bool:
-        return isinstance(v, jcore.Literal) or self.env.val.get(v) is not None
+    def known(self, v) -> bool:
+        """Whether ``v``'s value is known or computable by a planned program."""
+        return (isinstance(v, jcore.Literal) or self.env.val.get(v) is not None
+                or v in self.pending)
+
+    def value(self, v):
+        """``v``'s value, running the program that computes it if it has not run yet."""
+        p = self.pending.get(v)
+        if p is not None:
+            self._execute(p)
+        return self.env.val.get(v)
 
     def _replan(self, start: int) -> None:
         env = self.env
         boundary = self.struct.boundary(start)
-        state = [(v in env.info, env.val.get(v) is not None, bool(env.pure.get(v, False)))
+        state = [(v in env.info, self.known(v), bool(env.pure.get(v, False)))
                  for v in boundary]
         self.plan = p = plan(self.struct, start, state)
-        if p.program is None:
-            return
-        vals = [env.val[v] for v in p.args]
+        for o, pu in zip(p.outs, p.pure, strict=True):
+            self.pending[o] = p
+            env.pure[o] = pu
+
+    def _execute(self, p: Plan) -> None:
+        for o in p.outs:
+            self.pending.pop(o, None)
+        vals = [self.value(v) for v in p.args]
         STATS["runs"] += 1
         try:
             outs = _run(_program(p.program), vals)
         except Exception:  # noqa: BLE001 - find the equation that fails, one by one
-            self._one_by_one(p)
+            self._one_by_one(p, vals)
             return
-        for o, val, pu in zip(p.outs, outs, p.pure, strict=True):
-            env.val[o] = val
-            env.pure[o] = pu
+        for o, val in zip(p.outs, outs, strict=True):
+            self.env.val[o] = val
 
-    def _one_by_one(self, p: Plan) -> None:
+    def _one_by_one(self, p: Plan, vals: list) -> None:
         env = self.env
-        local = {v: env.val[v] for v in p.args}
-        pure = {v: env.pure.get(v, False) or is_key(v.aval) for v in p.args}
-        why: dict = {}
+        local = {v: x for v, x in zip(p.args, vals, strict=True) if x is not None}
+        why: dict = {v: env.why[v] for v in p.args if v in env.why}
         for e in p.eqns:
             ins = [v for v in e.invars if not isinstance(v, jcore.Literal)]
             missing = [v for v in ins if v not in local]
@@ -389,14 +405,11 @@ class Evaluator:
                 for o in outs:
                     why[o] = msg
                 continue
-            pu = all(pure.get(v, True) for v in ins)
             for o, r in zip(outs, res, strict=True):
                 local[o] = to_host(r)
-                pure[o] = pu or is_key(o.aval)
-        for o, pu in zip(p.outs, p.pure, strict=True):
+        for o in p.outs:
             if o in local:
                 env.val[o] = local[o]
-                env.pure[o] = pu
             elif why.get(o):
                 env.why[o] = why[o]
 
@@ -410,7 +423,7 @@ class Evaluator:
         if st in (EVAL, SKIP):
             return
         ins = [v for v in eqn.invars if not isinstance(v, jcore.Literal)]
-        if not all(self._known(v) for v in ins):
+        if not all(self.known(v) for v in ins):
             return
         if st == RECURSE or (eqn.primitive.name in CALLS and eqn.effects):
             if run_call is not None and eqn.primitive.name not in NO_EVAL:

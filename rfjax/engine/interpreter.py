@@ -42,7 +42,10 @@ class Env:
     def read_val(self, v):
         if isinstance(v, jcore.Literal):
             return np.asarray(v.val, dtype=v.aval.dtype)
-        return self.val.get(v)
+        val = self.val.get(v)
+        if val is None and self._constants is not None:
+            val = self._constants.value(v)  # computed when first read
+        return val
 
     def is_pure(self, v) -> bool:
         if isinstance(v, jcore.Literal):
