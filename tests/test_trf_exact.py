@@ -426,3 +426,24 @@ def test_programs_differing_only_in_nested_constants_are_not_confused():
         t = rfjax.trf(make(v), (1, 8, 2, 1))
         assert [int(np.argwhere(t.mask((u, 0)))[0, 0]) for u in range(3)] == [
             u + w for u, w in enumerate(v)]
+
+
+def test_a_constant_that_cannot_be_evaluated_is_reported_with_its_line():
+    boom = jax.extend.core.Primitive("boom_index_op")
+    boom.def_abstract_eval(lambda i: jax.core.ShapedArray(i.shape, i.dtype))
+
+    def impl(i):
+        raise RuntimeError("no value here")
+
+    boom.def_impl(impl)  # no lowering: the program fails, then this equation alone
+
+    def f(x):
+        i = jnp.arange(3) + 1
+        return x[:, boom.bind(i)] + x[:, i]  # the second gather's indices are fine
+
+    with constants.counting() as c, pytest.raises(rfjax.DynamicDependencyError) as e:
+        rfjax.trf(f, (1, 8, 2, 1))
+    msg = str(e.value)
+    assert "uses indices computed from runtime values" in msg
+    assert "cannot evaluate 'boom_index_op' at " in msg and "test_trf_exact.py" in msg
+    assert "no value here" in msg and c["single"] >= 2

@@ -12,8 +12,10 @@ equation of a jaxpr, :class:`Evaluator` plans the rest of it (:func:`plan`): whi
 can be evaluated (their operands are literals, constants, known arguments or outputs of such
 equations; never the abstract parameter arguments), which of those the analysis wants (values
 fixed by the program, index-like values, and whatever feeds them), and which of their values
-it reads (operands of input-dependent equations, the jaxpr's outputs). Those equations become
-one jaxpr, jitted on the CPU and run once. Compiled programs are cached by their text, so a
+it may read (operands of input-dependent equations, the jaxpr's outputs). Those equations
+become one jaxpr, jitted on the CPU and run once, when a rule first reads one of its values
+(so a jaxpr whose constants no rule reads compiles nothing). Compiled programs are cached by
+their text (and the values of the constants of nested jaxprs, which the text omits), so a
 re-traced model, or a loop body evaluated at every iteration (``scan``, ``while``), compiles
 once. Calls without effects (``jit`` of ``jnp`` helpers, ``jax.random``) are part of the
 program; a call with effects (a ``jax.debug.print`` inside) is evaluated by the interpreter
