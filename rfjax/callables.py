@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from rfjax.engine import constants
+
 __all__ = ["CacheEntry", "InputTypeError", "Resolved", "cache_entry", "cache_size",
            "clear_cache", "resolve", "signature"]
 
@@ -187,9 +189,11 @@ def cache_size() -> int:
 
 
 def clear_cache() -> None:
-    """Drop every cached jaxpr, crop plan and compiled function (jax's own caches stay)."""
+    """Drop every cached jaxpr, crop plan and compiled function (jax's own caches stay),
+    the TRF engine's compiled constant programs included."""
     _CACHE.clear()
     _STRONG_CACHE.clear()
+    constants.clear_cache()
 
 
 def signature(dyn: Any) -> Hashable:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 from jax.extend import source_info_util
+
+# The source line of the innermost call equation being interpreted (see ``enclosing``).
+_ENCLOSING: contextvars.ContextVar[str] = contextvars.ContextVar("rfjax_enclosing", default="")
 
 
 class TRFError(ValueError):
@@ -20,13 +27,27 @@ class DynamicDependencyError(TRFError):
 def source_line(eqn) -> str:
     """The user's source line of a jaxpr equation (``file:line (function)``).
 
-    Uses the public ``jax.extend.source_info_util.summarize``; an equation without source
-    information (built by hand) gives ``'<unknown source>'``.
+    Uses the public ``jax.extend.source_info_util.summarize``. An equation with no frame of
+    the user's code (inside ``jnp``'s own jitted helpers, e.g. ``jnp.fft.fft2``) gives the
+    line of the innermost enclosing call being interpreted (:func:`enclosing`); one without
+    source information (built by hand) outside any call gives ``'<unknown source>'``.
     """
     info = getattr(eqn, "source_info", None)
-    if info is None or getattr(info, "traceback", None) is None:
-        return "<unknown source>"
-    return source_info_util.summarize(info)
+    line = ""
+    if info is not None and getattr(info, "traceback", None) is not None:
+        line = source_info_util.summarize(info)
+    return line or _ENCLOSING.get() or "<unknown source>"
+
+
+@contextlib.contextmanager
+def enclosing(eqn) -> Iterator[None]:
+    """Within the block, equations without a user frame are reported at ``eqn``'s line (the
+    call whose body is being interpreted)."""
+    token = _ENCLOSING.set(source_line(eqn))
+    try:
+        yield
+    finally:
+        _ENCLOSING.reset(token)
 
 
 def name_of(eqn) -> str:

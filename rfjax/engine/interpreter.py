@@ -17,13 +17,22 @@ from rfjax.engine.rules.control import join_names, sub_jaxpr
 
 class Env:
     """Variable environment: forward infos, concrete values, purity of concrete values, and
-    why a value could not be computed (reported if something later needs it)."""
+    why a value could not be computed (reported if something later needs it). ``jaxpr``: the
+    program whose input-independent equations :attr:`constants` evaluates."""
 
-    def __init__(self):
+    def __init__(self, jaxpr: jcore.Jaxpr | None = None):
         self.info: dict = {}
         self.val: dict = {}
         self.pure: dict = {}
         self.why: dict = {}
+        self.jaxpr = jaxpr
+        self._constants: constants.Evaluator | None = None
+
+    @property
+    def constants(self) -> constants.Evaluator:
+        if self._constants is None:
+            self._constants = constants.Evaluator(self.jaxpr, self)
+        return self._constants
 
     def read_info(self, v):
         if isinstance(v, jcore.Literal):
@@ -32,46 +41,41 @@ class Env:
 
     def read_val(self, v):
         if isinstance(v, jcore.Literal):
-            return np.asarray(v.val)
-        return self.val.get(v)
+            return np.asarray(v.val, dtype=v.aval.dtype)
+        val = self.val.get(v)
+        if val is None and self._constants is not None:
+            val = self._constants.value(v)  # computed when first read
+        return val
 
     def is_pure(self, v) -> bool:
         if isinstance(v, jcore.Literal):
             return True
-        return self.pure.get(v, False)
+        return self.pure.get(v, False) or constants.is_key(v.aval)
+
+    def unused(self, eqn) -> bool:
+        """Whether nothing reads ``eqn``'s outputs (effects such as ``jax.debug.print``)."""
+        used = constants.structure(self.jaxpr).used
+        return all(isinstance(o, jcore.DropVar) or o not in used for o in eqn.outvars)
 
 
 def _run_call(ctx: Context):
-    """Evaluate a call primitive's body with the NumPy evaluator (no tracked input)."""
+    """Evaluate a call primitive's body with the interpreter (no tracked input): for calls
+    with effects, whose body holds equations that are not evaluated."""
 
-    def run(eqn, vals):
+    def run(eqn, vals, pure):
         jaxpr, consts = sub_jaxpr(eqn)
         sub = Context(0, None, ctx.forward)
-        _, outs, _, _ = forward(jaxpr, consts, [None] * len(vals), list(vals),
-                                [True] * len(vals), sub)
+        _, outs, _, _ = forward(jaxpr, consts, [None] * len(vals), list(vals), list(pure), sub)
         return outs
 
     return run
 
 
 def _evaluate_constant(eqn, env: Env, ctx: Context) -> None:
-    """Store the concrete outputs of an input-independent equation when they are fixed by the
-    program (pure) or are indices (integer/boolean) that a later rule may need."""
-    vals = [env.read_val(v) for v in eqn.invars]
-    if any(v is None for v in vals) or eqn.primitive.name in constants.NO_EVAL:
-        return
-    pure = all(env.is_pure(v) for v in eqn.invars)
-    if not (pure or any(constants.is_intlike(o.aval) for o in eqn.outvars)):
-        return
-    try:
-        outs = constants.evaluate(eqn, vals, _run_call(ctx))
-    except constants.ConstantEvaluationError as e:
-        for o in eqn.outvars:
-            env.why[o] = str(e)
-        return
-    for o, val in zip(eqn.outvars, outs, strict=True):
-        env.val[o] = val
-        env.pure[o] = pure
+    """Make the outputs of an input-independent equation known where they are fixed by the
+    program (pure) or index-like (integer, boolean, keys): evaluated with XLA on the CPU, one
+    program for all such equations of the jaxpr (:mod:`rfjax.engine.constants`)."""
+    env.constants.visit(eqn, _run_call(ctx))
 
 
 def _refine_slopes(eqn, out_infos) -> None:
@@ -112,7 +116,7 @@ def forward(jaxpr: jcore.Jaxpr, consts: Sequence[Any], in_infos: Sequence[Info |
     """
     if ctx.forward is None:
         ctx.forward = forward
-    env = Env()
+    env = Env(jaxpr)
     for v, c in zip(jaxpr.constvars, consts, strict=True):
         env.val[v] = c
         env.pure[v] = True  # closed-over arrays are fixed by the program (rfjax.engine.known)
@@ -129,6 +133,8 @@ def forward(jaxpr: jcore.Jaxpr, consts: Sequence[Any], in_infos: Sequence[Info |
             _evaluate_constant(eqn, env, ctx)
             continue
         rule = registry.lookup(eqn.primitive.name)
+        if rule is None and env.unused(eqn):
+            continue  # nothing flows out of it (jax.debug.print, other effects)
         if rule is None:
             raise UnsupportedPrimitiveError(
                 f"rfjax.trf has no rule for the primitive '{eqn.primitive.name}' at "

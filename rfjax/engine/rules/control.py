@@ -4,12 +4,14 @@ unrolled with their trip counts, which must be fixed by the program."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 from jax.extend import core as jcore
 
 from rfjax.engine.errors import (
     DynamicDependencyError,
     UnsupportedPrimitiveError,
+    enclosing,
     name_of,
     source_line,
 )
@@ -57,7 +59,8 @@ def call_rule(eqn, infos, env, ctx, prefix):
     sub_prefix = join_names(prefix, name_of(eqn))
     if eqn.primitive.name in ("pjit", "jit") and eqn.params.get("name"):
         sub_prefix = join_names(sub_prefix, str(eqn.params["name"]))
-    outs, _, _, tape = ctx.run(jaxpr, consts, infos, vals, pure, sub_prefix)
+    with enclosing(eqn):  # messages inside jnp's own jits name the user's line
+        outs, _, _, tape = ctx.run(jaxpr, consts, infos, vals, pure, sub_prefix)
 
     def bwd(oms):
         return backward(tape, jaxpr, oms)
@@ -86,7 +89,8 @@ def scan_rule(eqn, infos, env, ctx, prefix):
     for t in order:
         xi = [(_slice_info(i, t, s) if i is not None else None)
               for i, s in zip(x_infos, x_shapes, strict=True)]
-        xv = [(np.asarray(v)[t] if v is not None else None) for v in x_vals]
+        xv = [(None if v is None else v[t] if isinstance(v, jax.Array)  # keys stay jax arrays
+               else np.asarray(v)[t]) for v in x_vals]
         outs, ovals, opure, tape = ctx.run(
             jaxpr, consts, list(c_infos) + carry_i + xi, list(c_vals) + carry_v + xv,
             list(pure[:nc]) + list(carry_p) + list(pure[nc + nk:]), prefix)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from jax import lax
+from jax.extend import core as jcore
 
 from rfjax.engine.errors import DynamicDependencyError, UnsupportedPrimitiveError, source_line
 from rfjax.engine.fields import INF, Info, bshape, estimate_slopes, materialize
@@ -167,12 +168,30 @@ def data_movement_rule(eqn, infos, env, ctx, prefix):
     return outs, bwd
 
 
+def _update_reads(eqn) -> tuple[bool, bool]:
+    """Whether a scatter's written elements depend on the operand's old value and on the
+    update: read off its ``update_jaxpr`` (``old, update -> new``) where it has one. Without
+    one, a plain ``scatter`` overwrites and the others combine both."""
+    uj = eqn.params.get("update_jaxpr")
+    if uj is None:
+        return eqn.primitive.name != "scatter", True
+    if isinstance(uj, jcore.ClosedJaxpr):
+        uj = uj.jaxpr
+    need = {v for v in uj.outvars if not isinstance(v, jcore.Literal)}
+    for e in reversed(uj.eqns):
+        if any(o in need for o in e.outvars):
+            need.update(v for v in e.invars if not isinstance(v, jcore.Literal))
+    old, upd = uj.invars[-2:]
+    return old in need, upd in need
+
+
 def scatter_rule(eqn, infos, env, ctx, prefix):
     """scatter / scatter-add / -mul / -min / -max / -sub with indices fixed by the program.
 
-    Each output element depends on the update written to it and, unless a plain ``scatter``
-    overwrote it, on the operand element at the same place. Duplicate indices (several updates
-    landing on one element) are refused rather than approximated."""
+    Each written output element depends on what the scatter's ``update_jaxpr`` reads: the
+    update written to it and the operand element at the same place (a plain ``scatter``
+    overwrites, ``x.at[i].apply(f)`` reads only the operand, ``add`` reads both). Duplicate
+    indices (several updates landing on one element) are refused rather than approximated."""
     name = eqn.primitive.name
     op_v, idx_v, upd_v = eqn.invars[:3]
     op_i, idx_i, upd_i = infos[:3]
@@ -196,7 +215,9 @@ def scatter_rule(eqn, infos, env, ctx, prefix):
             f"'{name}' at {source_line(eqn)} writes several updates to one element (duplicate "
             "indices); rfjax.trf does not support that case.")
     written = src >= 0
-    keeps_operand = name != "scatter"
+    keeps_operand, reads_update = _update_reads(eqn)
+    if not reads_update:
+        upd_i = None
     lo, hi, slope = [], [], []
     for a in range(ctx.naxes):
         L = np.full(shape, INF)

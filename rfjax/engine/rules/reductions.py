@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rfjax.engine import known
+from rfjax.engine import constants, known
 from rfjax.engine.cone_ir import Unsupported, is_dependent
-from rfjax.engine.fields import INF, Info, bshape, combine, estimate_slopes
+from rfjax.engine.fields import INF, Info, bshape, combine, estimate_slopes, materialize
 from rfjax.engine.records import ConeRule, PrimitiveRule
 
 
@@ -61,10 +61,14 @@ def cumulative_rule(eqn, infos, env, ctx, prefix):
 
 
 def sort_rule(eqn, infos, env, ctx, prefix):
-    """Every output depends on every operand along the sorted dimension."""
+    """Every output depends on every operand along the sorted dimension; when the sort keys
+    are fixed by the program, the sort is a fixed permutation of the payload (exact)."""
     dim = eqn.params["dimension"]
     shape = tuple(eqn.invars[0].aval.shape)
     n = len(shape)
+    perm = _fixed_permutation(eqn, infos, env)
+    if perm is not None:
+        return _permutation_rule(infos, shape, dim, ctx.naxes, *perm)
     each = []
     for i in infos:
         if i is None:
@@ -85,19 +89,98 @@ def sort_rule(eqn, infos, env, ctx, prefix):
     return [out] * len(eqn.outvars), bwd
 
 
+def _fixed_permutation(eqn, infos, env):
+    """``(perm, group)`` when the sort's keys are fixed by the program: ``perm`` (along the
+    sorted axis, moved last, flattened to rows) gives the source of each output element;
+    ``group`` numbers the runs of equal keys. XLA computes the permutation (a stable sort of
+    the keys with an ``iota`` payload); an unstable sort may order equal keys either way, so
+    an output of such a run may come from any element of it. ``None``: keys not fixed."""
+    nk = eqn.params["num_keys"]
+    dim = eqn.params["dimension"]
+    keys = [env.read_val(v) if infos[j] is None else None
+            for j, v in enumerate(eqn.invars[:nk])]
+    if any(k is None for k in keys):
+        return None
+    shape = tuple(eqn.invars[0].aval.shape)
+    iota = np.broadcast_to(np.arange(shape[dim], dtype=np.int32).reshape(
+        [-1 if d == dim else 1 for d in range(len(shape))]), shape)
+    res = constants.evaluate_primitive(eqn.primitive, [np.asarray(k) for k in keys] + [iota],
+                                       dimension=dim, is_stable=True, num_keys=nk)
+    perm = np.moveaxis(res[-1], dim, -1).reshape(-1, shape[dim]).astype(np.int64)
+    rows, length = perm.shape
+    new = np.ones((rows, length), dtype=bool)
+    if not eqn.params["is_stable"] and length > 1:
+        same = np.ones((rows, length - 1), dtype=bool)
+        for k in res[:-1]:
+            k = np.moveaxis(np.asarray(k), dim, -1).reshape(rows, length)
+            a, b = k[:, :-1], k[:, 1:]
+            eq = a == b
+            if np.issubdtype(k.dtype, np.floating):
+                eq = (eq & (np.signbit(a) == np.signbit(b))) | (np.isnan(a) & np.isnan(b))
+            same &= eq
+        new[:, 1:] = ~same
+    group = np.cumsum(new.ravel()) - 1
+    return perm, group
+
+
+def _permutation_rule(infos, shape, dim, naxes, perm, group):
+    """Outputs of a sort by fixed keys: output ``j`` of a row holds the elements ``perm`` of
+    its run of equal keys (one element unless an unstable sort met ties)."""
+    rows, length = perm.shape
+    src = (perm + np.arange(rows)[:, None] * length).ravel()  # flat source, axis moved last
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    moved = tuple(np.moveaxis(np.empty(shape, dtype=bool), dim, -1).shape)
+
+    def to_rows(a):
+        return np.moveaxis(materialize(a, shape), dim, -1).reshape(-1)
+
+    def from_rows(flat):
+        return np.moveaxis(flat.reshape(moved), -1, dim)
+
+    outs = []
+    for i in infos:
+        if i is None:
+            outs.append(None)
+            continue
+        lo = [from_rows(np.minimum.reduceat(to_rows(x)[src], starts)[group]) for x in i.lo]
+        hi = [from_rows(np.maximum.reduceat(to_rows(x)[src], starts)[group]) for x in i.hi]
+        outs.append(Info(lo, hi, [np.zeros(len(shape)) for _ in lo]))
+    inverse = np.empty_like(src)
+    inverse[src] = np.arange(src.size)
+
+    def bwd(oms):
+        res = []
+        for m, i in zip(oms, infos, strict=True):
+            if i is None or m is None:
+                res.append(None)
+                continue
+            q = m.shape[0]
+            flat = np.moveaxis(m, dim + 1, -1).reshape(q, -1)
+            flat = np.logical_or.reduceat(flat, starts, axis=1)[:, group][:, inverse]
+            res.append(np.moveaxis(flat.reshape((q,) + moved), -1, dim + 1))
+        return res
+
+    return outs, bwd
+
+
 def top_k_rule(eqn, infos, env, ctx, prefix):
+    """Each of the k largest along ``axis`` (the last one unless the primitive says otherwise)
+    may be any element of that axis: every output depends on the whole axis."""
     shape = tuple(eqn.invars[0].aval.shape)
     op_i = infos[0]
     n = len(shape)
-    out = Info([bshape(x, n).min(axis=-1, keepdims=True) for x in op_i.lo],
-               [bshape(x, n).max(axis=-1, keepdims=True) for x in op_i.hi], list(op_i.slope))
+    axis = eqn.params.get("axis", -1)
+    axis = axis + n if axis < 0 else axis
+    out = Info([bshape(x, n).min(axis=axis, keepdims=True) for x in op_i.lo],
+               [bshape(x, n).max(axis=axis, keepdims=True) for x in op_i.hi],
+               [np.where(np.arange(n) == axis, 0.0, s) for s in op_i.slope])
 
     def bwd(oms):
         m = None
         for o in oms:
             if o is not None:
                 m = o if m is None else (m | o)
-        anyk = m.any(axis=-1, keepdims=True)
+        anyk = m.any(axis=axis + 1, keepdims=True)
         return [np.broadcast_to(anyk, (m.shape[0],) + shape).copy()]
 
     return [out, out], bwd
