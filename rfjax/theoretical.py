@@ -250,6 +250,13 @@ class TRF:
 
     # ---------------------------------------------------------------- reporting
 
+    @property
+    def stride_text(self) -> tuple[str, ...]:
+        """The strides as every printed form shows them (:meth:`table`, ``str()``, ``rfjax
+        trf``, ``scripts/trf_demo.py``): ``str(stride)``, or ``-`` on an axis that is not
+        aligned (where ``stride`` is only a least-squares summary)."""
+        return tuple(_strides(self.stride, self.aligned_axes))
+
     def table(self) -> str:
         """The per-layer table as text (like the classic receptive-field calculators).
 
@@ -294,8 +301,8 @@ class TRF:
                 "layers": [r.as_dict() for r in self.layers]}
 
     def __str__(self) -> str:
-        return (f"TRF(size={self.size}, stride={tuple(_strides(self.stride, self.aligned_axes))}"
-                f", padding={self.padding}, aligned={self.aligned}, "
+        return (f"TRF(size={self.size}, stride={self.stride_text}, "
+                f"padding={self.padding}, aligned={self.aligned}, "
                 f"is_global={self.is_global}, input_shape={self.input_shape}, "
                 f"output_shape={self.output_shape})")
 
@@ -477,12 +484,12 @@ def _batch_coupling(info: Info, in_shape: tuple[int, ...], out_shape: tuple[int,
         mixes = bool(np.any(hi[fin] > lo[fin]))
         moves = fin.sum() >= 2 and (np.ptp(lo[fin]) > 0 or np.ptp(hi[fin]) > 0)
         if mixes and moves and len(in_shape) <= 4:
-            first = int(np.flatnonzero(fin)[0])
+            ends = [int(i) for i in np.flatnonzero(fin)[[0, -1]]]
+            seen = [f"{int(max(lo[i], 0))}..{int(min(hi[i], N - 1))}" for i in ends]
             raise TRFError(
                 f"fn mixes neighbouring entries of the batch axis (axis 0) the way a "
-                f"convolution mixes a spatial axis: output {first} along axis 0 depends on "
-                f"inputs {int(lo[first])}..{int(hi[first])} of axis 0, output "
-                f"{int(np.flatnonzero(fin)[-1])} on {int(lo[fin][-1])}..{int(hi[fin][-1])}. "
+                f"convolution mixes a spatial axis: output {ends[0]} along axis 0 depends on "
+                f"inputs {seen[0]} of axis 0, output {ends[1]} on {seen[1]}. "
                 f"fn most likely treats x of shape {in_shape} as one unbatched input with "
                 f"{len(in_shape) - 1} spatial axes (Flax convolutions accept unbatched "
                 f"inputs), so the output {out_shape} has no batch axis. "

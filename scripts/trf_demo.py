@@ -51,19 +51,13 @@ def main(argv: list[str] | None = None) -> None:
         dt = time.perf_counter() - t0
         print(f"{name:<20}{'x'.join(map(str, shape)):<18}"
               f"{'x'.join(map(str, t.output_shape)) or '-':<14}{str(t.size):<16}"
-              f"{stride(t):<12}{str(t.padding):<14}{str(t.aligned):<9}"
+              f"{','.join(t.stride_text):<12}{str(t.padding):<14}{str(t.aligned):<9}"
               f"{str(any(t.is_global)):<8}{msum:<12}{dt:>5.2f}s")
         if args.table:
             print()
             print(t.table())
     print('stride "-": the axis is not aligned (no single stride fits every unit; see '
           "TRF.region / TRF.mask); time: parameters (abstract) and rfjax.trf")
-
-
-def stride(t: rfjax.TRF) -> str:
-    """The strides as rfjax prints them: ``-`` on an axis that is not aligned."""
-    return ",".join(str(s) if ok else "-" for s, ok in zip(t.stride, t.aligned_axes,
-                                                          strict=True))
 
 
 if __name__ == "__main__":
