@@ -499,10 +499,12 @@ def _print_metrics(met: dict[str, Any], shape: tuple[int, ...]) -> None:
     rg, rt = met["erf_trf_ratio_gaussian"], met["erf_trf_ratio_threshold"]
     unit = {1: "px", 2: "px^2", 3: "px^3"}.get(len(shape), "px^n")
     rows = [
-        ("size (gaussian, 4 sigma)", f"extent {_fmt(g['extent'])} px  area {_fmt(g['area'])} {unit}",
+        ("size (gaussian, 4 sigma)",
+         f"extent {_fmt(g['extent'])} px  area {_fmt(g['area'])} {unit}",
          "4 sigma per axis of the moment-fitted Gaussian (2 sigma either side of its "
          "centre); area = product of the extents"),
-        ("size (threshold 4.55%)", f"extent {_fmt(t['extent'])} px  area {_fmt(t['area'])} {unit}",
+        ("size (threshold 4.55%)",
+         f"extent {_fmt(t['extent'])} px  area {_fmt(t['area'])} {unit}",
          "pixels above 4.55% (1 - 95.45%) of the map's maximum: bounding box per axis; "
          "area = their count"),
         ("gaussian fit", f"centre {_fmt(fit['mean'])}  sigma {_fmt(fit['sigma'])} px",
@@ -513,9 +515,9 @@ def _print_metrics(met: dict[str, Any], shape: tuple[int, ...]) -> None:
         ("TRF size", f"{_fmt(tuple(met['trf_size']))} px",
          "rfjax.trf size: the largest extent of a unit's theoretical field, per axis"),
         ("ERF/TRF (gaussian)", f"axis {_fmt(rg['axis'])}  area {_fmt(rg['area'])}",
-         "size (gaussian) / TRF size, per axis and by area"),
+         "size (gaussian, 4 sigma) / TRF size, per axis and by area"),
         ("ERF/TRF (threshold)", f"axis {_fmt(rt['axis'])}  area {_fmt(rt['area'])}",
-         "size (threshold) / TRF size, per axis and by area"),
+         "size (threshold 4.55%) / TRF size, per axis and by area"),
     ]
     if "area_ratio" in met:
         a = met["area_ratio"]
