@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import itertools
 import os
+import re
 import sys
 import sysconfig
 import warnings
@@ -732,7 +733,7 @@ def _user_sources(rows: list[Row], jaxpr) -> list[str]:
     dirs = _library_dirs()
     need = {(r.source, r.primitive) for r in rows if _is_library(r.source, dirs)}
     if not need:
-        return [r.source for r in rows]
+        return [_no_column(r.source) for r in rows]
     prims = {p for _, p in need}
     frames: dict = collections.defaultdict(list)
     for eqn in _walk(jaxpr):
@@ -750,11 +751,17 @@ def _user_sources(rows: list[Row], jaxpr) -> list[str]:
         key = (r.source, r.primitive, r.shape)
         found = frames.get(key)
         if not found:
-            out.append(r.source)
+            out.append(_no_column(r.source))
             continue
         out.append(found[seen[key] % len(found)])
         seen[key] += 1
     return out
+
+
+def _no_column(source: str) -> str:
+    """``file:line (function)`` from JAX's ``file:line:column (function)``."""
+    match = re.fullmatch(r"(.*:\d+):\d+( \(.*\))", source)
+    return match.group(1) + match.group(2) if match else source
 
 
 def _short(source: str) -> str:
