@@ -83,7 +83,19 @@ def _json_num(x: Number) -> int | float:
 
 def _strides(stride: Sequence[Number], aligned: Sequence[bool]) -> list[str]:
     """The strides as printed: ``-`` on an axis that is not aligned."""
-    return [str(s) if ok else MISALIGNED for s, ok in zip(stride, aligned, strict=True)]
+    return [str(s) if ok else MISALIGNED for s, ok in zip(stride, _flags(aligned, stride),
+                                                          strict=True)]
+
+
+def _json_strides(stride: Sequence[Number], aligned: Sequence[bool]) -> list[Any]:
+    """The strides as JSON: ``None`` on an axis that is not aligned."""
+    return [_json_num(s) if ok else None for s, ok in zip(stride, _flags(aligned, stride),
+                                                          strict=True)]
+
+
+def _flags(aligned: Sequence[bool], stride: Sequence[Number]) -> tuple[bool, ...]:
+    """Per-axis alignment flags; none given (a hand-built record) reads as aligned."""
+    return tuple(aligned) if aligned else (True,) * len(stride)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,10 +127,9 @@ class LayerRF:
         """JSON-ready; the stride of an axis that is not aligned is ``None``."""
         return {"name": self.name, "source": self.source, "primitive": self.primitive,
                 "shape": list(self.shape), "size": list(self.size),
-                "stride": [_json_num(s) if ok else None
-                           for s, ok in zip(self.stride, self.aligned, strict=True)],
+                "stride": _json_strides(self.stride, self.aligned),
                 "padding": list(self.padding), "is_global": list(self.is_global),
-                "aligned": list(self.aligned)}
+                "aligned": list(_flags(self.aligned, self.stride))}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -294,10 +305,9 @@ class TRF:
         ``None``, as it is printed ``-``)."""
         return {"input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
                 "size": list(self.size),
-                "stride": [_json_num(s) if ok else None
-                           for s, ok in zip(self.stride, self.aligned_axes, strict=True)],
+                "stride": _json_strides(self.stride, self.aligned_axes),
                 "padding": list(self.padding), "aligned": self.aligned,
-                "aligned_axes": list(self.aligned_axes),
+                "aligned_axes": list(_flags(self.aligned_axes, self.stride)),
                 "is_global": list(self.is_global), "batch_coupled": self.batch_coupled,
                 "layers": [r.as_dict() for r in self.layers]}
 
