@@ -585,15 +585,19 @@ def cmd_erf(args: argparse.Namespace) -> int:
     m = np.mean(maps, axis=0)
     sizes = [int(s) for s in t.size]
     met = _metrics(np.abs(m) if reduce == "grad" else m, sizes)
-    region = t.region(unit)
+    try:
+        region = t.region(unit)
+    except ValueError:  # the unit depends on no input position (e.g. a kernel of zeros)
+        region = None
     where = f"{model.name}" + (f", layer {args.layer}" if args.layer else "")
     print(f"model {where}, input {'x'.join(map(str, img_shape[1:]))}, unit "
           f"{_fmt(unit)} of output {_fmt(t.output_shape)}")
     print(f"ERF: the mean of {count} gradient maps = {args.draws} weight draw(s) x "
           f"{args.images} random images ({nonfinite} non-finite map(s) skipped); convention "
           f"{args.convention}, reduce {r.reduce}, crop {crop}; {seconds:.2f} s")
-    print(f"TRF: size {_fmt(t.size)} (the largest per-unit extent); this unit's region "
-          f"{_fmt([list(x) for x in region])} (inclusive, unclipped)")
+    print(f"TRF: size {_fmt(t.size)} (the largest per-unit extent); " + (
+        "this unit depends on no input position" if region is None else
+        f"this unit's region {_fmt([list(x) for x in region])} (inclusive, unclipped)"))
     print("metrics of the ERF map (the meaning of each number in parentheses):")
     _print_metrics(met, m.shape)
     data = {"model": model.name, "layer": args.layer, "input": list(img_shape),
@@ -601,7 +605,8 @@ def cmd_erf(args: argparse.Namespace) -> int:
             "output_shape": list(t.output_shape), "images": args.images,
             "draws": args.draws, "count": count, "nonfinite": nonfinite, "seed": args.seed,
             "convention": args.convention, "reduce": r.reduce, "crop": crop,
-            "seconds": seconds, "trf_region": [list(x) for x in region], **met}
+            "seconds": seconds,
+            "trf_region": None if region is None else [list(x) for x in region], **met}
     _write_json(args.json, data)
     if args.png:
         _write_png(args.png, m, region, unit, model.name, r.reduce, args.log, jnp)
@@ -613,10 +618,10 @@ def _write_png(path, m, region, unit, name, reduce, log, jnp) -> None:
 
     title = f"ERF of {name}, unit {_fmt(unit)} ({reduce})"
     if m.ndim == 1:
-        m2, reg = m[None, :], ((0, 0), region[0])
+        m2, reg = m[None, :], None if region is None else ((0, 0), region[0])
     elif m.ndim == 3:  # the slice through the map's maximum along the first axis
         k = int(np.unravel_index(np.argmax(np.abs(m)), m.shape)[0])
-        m2, reg = m[k], region[1:]
+        m2, reg = m[k], None if region is None else region[1:]
         title += f", slice {k} of axis 0"
     else:
         m2, reg = m, region
