@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -203,9 +204,11 @@ examples:
   rfjax trf mypkg.models:make_net --input-shape 1,96,96,3
 
 Output: the per-layer table (size, stride and padding of every layer's field, per input
-axis; "all" marks a global axis), then the closed form of the output: unit u sees input
-indices u*stride - padding .. u*stride - padding + size - 1 (exact for every unit when
-aligned=True), and the exact region and pixel count of the chosen unit.
+axis; "all" marks a global axis; a stride "-" an axis where no single stride fits every
+position), then the closed form of the output: unit u sees input indices
+u*stride - padding .. u*stride - padding + size - 1 (exact for every unit when
+aligned=True; size is the largest per-unit extent), and the exact region and pixel count of
+the chosen unit. --json writes null for a stride printed "-".
 """
 
 _ERF_EPILOG = """\
@@ -223,15 +226,19 @@ channels and averaged over images: here random inputs x ~ N(0, 1) of --input-sha
 --draws K, over K random weight draws (seeds seed .. seed+K-1; the model is re-initialised for
 each draw, the paper's protocol).
 
-Metrics printed (and written by --json):
+The map is the mean of (weight draws) x (--images) per-image gradient maps: the output line
+"mean of 64 gradient maps = 4 weight draw(s) x 16 images" counts them once. Every metric is
+printed with its meaning under it (lengths in input pixels):
   size (gaussian)   4 sigma per axis of the moment-fitted Gaussian (2 sigma either side),
                     area = product; the reading the paper figures use
   size (threshold)  the paper's literal reading: pixels above (1 - 95.45%) of the maximum;
                     extent = bounding box, area = pixel count
-  gaussian fit      centre, sigma per axis, goodness r2 (1 = Gaussian) and relative L2 error
+  gaussian fit      centre (mean position) and sigma (standard deviation) per axis
+  fit quality       r2 = 1 - SS(map - fit) / SS(map - mean): 1 = Gaussian, 0 or below = the
+                    Gaussian fits no better than a constant; rel_l2 = ||map - fit|| / ||map||
   ERF/TRF ratio     per axis and by area, for both size readings (TRF = rfjax.trf size)
   area ratio        RepLKNet's high-contribution area ratio at t = 0.2, 0.3, 0.5, 0.99
-                    (log10(1 + map), 2-D maps)
+                    (log10(1 + map), 2-D maps); "none": no tested square holds more than t
   radius 50%/90%    radius around the map's maximum enclosing that fraction of the mass
 A signed map (--reduce grad) is measured through its absolute value.
 """
@@ -424,9 +431,12 @@ def cmd_trf(args: argparse.Namespace) -> int:
     print()
     print("closed form: unit u sees input indices u*stride - padding .. "
           "u*stride - padding + size - 1" + ("" if t.aligned else
-                                              " (not aligned: per-unit regions below)"))
-    print(f"  size={_fmt(t.size)}  stride={_fmt(tuple(str(s) for s in t.stride))}  "
+                                              " on the aligned axes only"))
+    print(f"  size={_fmt(t.size)}  stride={_fmt(t.stride_text)}  "
           f"padding={_fmt(t.padding)}  aligned={t.aligned}  is_global={_fmt(t.is_global)}")
+    if not t.aligned:
+        print('  stride "-": no single stride fits every unit on that axis; size is the largest '
+              "per-unit extent, padding minus unit 0's start; the region below is exact")
     data: dict[str, Any] = {"model": model.name, "layer": args.layer, "input": list(shape),
                             **t.as_dict()}
     if t.output_shape:
@@ -478,32 +488,57 @@ def _metrics(m: np.ndarray, trf_size: Sequence[int]) -> dict[str, Any]:
         return {"note": f"no metrics: {e}"}
 
 
-def _print_metrics(met: dict[str, Any]) -> None:
+def _print_metrics(met: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """Every metric of ``rfjax.metrics.summary`` with its name, value and, on the line under
+    it, what the number means. ``shape``: the map's shape (for the tested squares)."""
     if "note" in met:
         print(met["note"])
         return
     g, t = met["size_gaussian"], met["size_threshold"]
     fit = met["gaussian_fit"]
     rg, rt = met["erf_trf_ratio_gaussian"], met["erf_trf_ratio_threshold"]
+    unit = {1: "px", 2: "px^2", 3: "px^3"}.get(len(shape), "px^n")
     rows = [
-        ("size (gaussian, 4 sigma)", f"extent {_fmt(g['extent'])}  area {_fmt(g['area'])}"),
-        ("size (threshold 4.55%)", f"extent {_fmt(t['extent'])}  area {_fmt(t['area'])}"),
-        ("gaussian fit", f"centre {_fmt(fit['mean'])}  sigma {_fmt(fit['sigma'])}  "
-                         f"r2 {_fmt(fit['r2'])}  rel_l2 {_fmt(fit['rel_l2'])}"),
-        ("TRF size", _fmt(tuple(met["trf_size"]))),
-        ("ERF/TRF (gaussian)", f"axis {_fmt(rg['axis'])}  area {_fmt(rg['area'])}"),
-        ("ERF/TRF (threshold)", f"axis {_fmt(rt['axis'])}  area {_fmt(rt['area'])}"),
+        ("size (gaussian, 4 sigma)",
+         f"extent {_fmt(g['extent'])} px  area {_fmt(g['area'])} {unit}",
+         "4 sigma per axis of the moment-fitted Gaussian (2 sigma either side of its "
+         "centre); area = product of the extents"),
+        ("size (threshold 4.55%)",
+         f"extent {_fmt(t['extent'])} px  area {_fmt(t['area'])} {unit}",
+         "pixels above 4.55% (1 - 95.45%) of the map's maximum: bounding box per axis; "
+         "area = their count"),
+        ("gaussian fit", f"centre {_fmt(fit['mean'])}  sigma {_fmt(fit['sigma'])} px",
+         "the map's mean position (index per axis) and standard deviation per axis"),
+        ("fit quality", f"r2 {_fmt(fit['r2'])}  rel_l2 {_fmt(fit['rel_l2'])}",
+         "r2 = 1 - SS(map - fit) / SS(map - mean(map)): 1 = a Gaussian, 0 or below = the "
+         "Gaussian fits no better than a constant; rel_l2 = ||map - fit|| / ||map||"),
+        ("TRF size", f"{_fmt(tuple(met['trf_size']))} px",
+         "rfjax.trf size: the largest extent of a unit's theoretical field, per axis"),
+        ("ERF/TRF (gaussian)", f"axis {_fmt(rg['axis'])}  area {_fmt(rg['area'])}",
+         "size (gaussian, 4 sigma) / TRF size, per axis and by area"),
+        ("ERF/TRF (threshold)", f"axis {_fmt(rt['axis'])}  area {_fmt(rt['area'])}",
+         "size (threshold 4.55%) / TRF size, per axis and by area"),
     ]
     if "area_ratio" in met:
         a = met["area_ratio"]
+        h, w = shape
+        largest = 2 * (h // 2 - 1) + 1
         rows.append(("area ratio (RepLKNet)", "  ".join(
             f"t={th}: {_fmt(r) if r is not None else 'none'}"
-            for th, r in zip(a["thresholds"], a["ratio"], strict=True))))
+            for th, r in zip(a["thresholds"], a["ratio"], strict=True)),
+            "(side/H)*(side/W) of the smallest centred square holding more than the fraction "
+            f"t of the log10(1 + map) mass; none: no tested square (sides 3 to {largest} of "
+            f"{h}x{w}) holds it"))
     rm = met["radius_mass"]
-    rows.append(("radius 50% / 90% mass", f"{rm['50%']} / {rm['90%']} px"))
-    w = max(len(r[0]) for r in rows)
-    for k, v in rows:
-        print(f"  {k:<{w}}  {v}")
+    rows.append(("radius 50% / 90% mass", f"{rm['50%']} / {rm['90%']} px",
+                 "the smallest radius around the map's maximum enclosing 50% / 90% of the map's "
+                 "mass"))
+    width = max(len(r[0]) for r in rows)
+    indent = " " * (width + 6)
+    for name, value, meaning in rows:
+        print(f"  {name:<{width}}  {value}")
+        print(textwrap.fill(f"({meaning})", 96, initial_indent=indent,
+                            subsequent_indent=indent + " "))
 
 
 def cmd_erf(args: argparse.Namespace) -> int:
@@ -550,22 +585,28 @@ def cmd_erf(args: argparse.Namespace) -> int:
     m = np.mean(maps, axis=0)
     sizes = [int(s) for s in t.size]
     met = _metrics(np.abs(m) if reduce == "grad" else m, sizes)
-    region = t.region(unit)
+    try:
+        region = t.region(unit)
+    except ValueError:  # the unit depends on no input position (e.g. a kernel of zeros)
+        region = None
     where = f"{model.name}" + (f", layer {args.layer}" if args.layer else "")
     print(f"model {where}, input {'x'.join(map(str, img_shape[1:]))}, unit "
           f"{_fmt(unit)} of output {_fmt(t.output_shape)}")
-    print(f"ERF over {count} images x {args.draws} weight draw(s) ({nonfinite} non-finite "
-          f"skipped), convention {args.convention}, reduce "
-          f"{r.reduce}, crop {crop}: {seconds:.2f} s")
-    print(f"TRF of the unit: size {_fmt(t.size)}, region "
-          f"{_fmt([list(x) for x in region])}")
-    _print_metrics(met)
+    print(f"ERF: the mean of {count} gradient maps = {args.draws} weight draw(s) x "
+          f"{args.images} random images ({nonfinite} non-finite map(s) skipped); convention "
+          f"{args.convention}, reduce {r.reduce}, crop {crop}; {seconds:.2f} s")
+    print(f"TRF: size {_fmt(t.size)} (the largest per-unit extent); " + (
+        "this unit depends on no input position" if region is None else
+        f"this unit's region {_fmt([list(x) for x in region])} (inclusive, unclipped)"))
+    print("metrics of the ERF map (the meaning of each number in parentheses):")
+    _print_metrics(met, m.shape)
     data = {"model": model.name, "layer": args.layer, "input": list(img_shape),
             "input_shape": list(t.input_shape), "unit": list(unit),
             "output_shape": list(t.output_shape), "images": args.images,
             "draws": args.draws, "count": count, "nonfinite": nonfinite, "seed": args.seed,
             "convention": args.convention, "reduce": r.reduce, "crop": crop,
-            "seconds": seconds, "trf_region": [list(x) for x in region], **met}
+            "seconds": seconds,
+            "trf_region": None if region is None else [list(x) for x in region], **met}
     _write_json(args.json, data)
     if args.png:
         _write_png(args.png, m, region, unit, model.name, r.reduce, args.log, jnp)
@@ -577,10 +618,10 @@ def _write_png(path, m, region, unit, name, reduce, log, jnp) -> None:
 
     title = f"ERF of {name}, unit {_fmt(unit)} ({reduce})"
     if m.ndim == 1:
-        m2, reg = m[None, :], ((0, 0), region[0])
+        m2, reg = m[None, :], None if region is None else ((0, 0), region[0])
     elif m.ndim == 3:  # the slice through the map's maximum along the first axis
         k = int(np.unravel_index(np.argmax(np.abs(m)), m.shape)[0])
-        m2, reg = m[k], region[1:]
+        m2, reg = m[k], None if region is None else region[1:]
         title += f", slice {k} of axis 0"
     else:
         m2, reg = m, region

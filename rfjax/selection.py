@@ -1,5 +1,5 @@
-"""Which array of ``fn``'s output, and which unit of it, is analysed: one convention for
-:func:`rfjax.trf`, :func:`rfjax.erf` and the command line."""
+"""Which array of ``fn``'s output, and which unit of it, is analysed, and how the input is
+read: one convention for :func:`rfjax.trf`, :func:`rfjax.erf` and the command line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from rfjax.callables import InputTypeError
 
-__all__ = ["check_unit", "select_output"]
+__all__ = ["check_unit", "describe_input", "explain_trace_error", "select_output"]
 
 
 def select_output(out: Any, output: Any) -> Any:
@@ -102,3 +102,64 @@ def check_unit(unit: Any, spatial: Sequence[int], *, centre: bool = False) -> tu
             f"unit {unit} is outside the output's spatial shape {spatial} (indices must "
             "satisfy 0 <= u < size)")
     return unit
+
+
+# --------------------------------------------------------------------------------------------
+# How the input is read
+# --------------------------------------------------------------------------------------------
+
+CONVENTION = ("rfjax expects (N, *spatial, C): a leading batch axis, 1 to 3 spatial axes and "
+              "channels last")
+
+
+def describe_input(shape: Sequence[int]) -> str:
+    """How rfjax reads an input of ``shape``, and the convention it expects, in words.
+
+    For example ``describe_input((8, 8, 1))``::
+
+        rfjax read the input of shape (8, 8, 1) as (N, *spatial, C): a batch of N=8, each a
+        1-D signal of length 8 with C=1 channel. rfjax expects (N, *spatial, C): a leading
+        batch axis, 1 to 3 spatial axes and channels last; if (8, 8, 1) is one input without
+        a batch axis, pass shape (1, 8, 8, 1) (x[None]).
+
+    The unbatched reading is offered when one more leading axis still fits the convention
+    (rank 2 to 4). Used in the errors of :func:`rfjax.trf` and
+    :func:`rfjax.erf` when ``fn`` fails on the input (:func:`explain_trace_error`).
+    """
+    shape = tuple(int(d) for d in shape)
+    k = len(shape) - 2
+    if 1 <= k <= 3:
+        n, sp, c = shape[0], shape[1:-1], shape[-1]
+        size = "x".join(map(str, sp))
+        what = (f"a 1-D signal of length {size}" if k == 1 else
+                f"a 2-D image of {size} pixels" if k == 2 else f"a 3-D volume of {size} voxels")
+        reading = (f"rfjax read the input of shape {shape} as (N, *spatial, C): a batch of "
+                   f"N={n}, each {what} with C={c} channel{'s' if c != 1 else ''}.")
+    else:
+        reading = (f"the input has shape {shape} (rank {len(shape)}), which is not "
+                   "(N, *spatial, C) with 1 to 3 spatial axes.")
+    text = f"{reading} {CONVENTION}"
+    if 2 <= len(shape) <= 4:
+        text += (f"; if {shape} is one input without a batch axis, pass shape "
+                 f"{(1, *shape)} (x[None])")
+    return text + "."
+
+
+def explain_trace_error(error: BaseException, shape: Sequence[int]) -> BaseException:
+    """``error`` (raised by ``fn`` while it was traced on an input of ``shape``) with rfjax's
+    reading of the input appended (:func:`describe_input`); raise it ``from error``.
+
+    The new exception has ``error``'s type when that type can be built from one message (a
+    ``TypeError`` stays a ``TypeError``, so ``except`` clauses keep working); otherwise it
+    is a ``ValueError``. Its first line is the original message's first line.
+    """
+    original = str(error).strip() or type(error).__name__
+    message = (f"{original}\n\nfn raised {type(error).__name__} while rfjax traced it. "
+               f"{describe_input(shape)}")
+    try:
+        new = type(error)(message)
+    except Exception:  # a type with a special constructor (e.g. Flax's errors)
+        new = None
+    if not isinstance(new, type(error)) or str(new) != message:
+        new = ValueError(message)
+    return new

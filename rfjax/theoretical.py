@@ -17,13 +17,21 @@ Conventions
   ``u*stride - padding + size - 1``, which may reach past the image (into zero padding).
   Masks are exact and clipped: ``mask(unit)[i, j]`` is True iff input pixel ``(i, j)`` (any
   channel) has a path to the unit.
+* The summaries (``size``, ``stride``, ``padding``, ``aligned``, ``is_global``) follow from
+  every unit: from the per-unit interval arrays of the whole output, and for ``is_global``
+  from the exact masks of every unit (see :class:`TRF`); nothing is sampled.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import itertools
+import os
+import re
+import sys
+import sysconfig
 import warnings
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -31,6 +39,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.extend import core as jcore
 
 from rfjax.engine import (
     Context,
@@ -39,18 +48,21 @@ from rfjax.engine import (
     Row,
     TRFError,
     UnsupportedPrimitiveError,
-    backward,
     bshape,
     empty_info,
     forward,
 )
+from rfjax.engine.errors import source_line
 from rfjax.engine.fields import estimate_slopes
-from rfjax.selection import check_unit, select_output
+from rfjax.selection import check_unit, describe_input, explain_trace_error, select_output
 
 __all__ = ["TRF", "LayerRF", "trf", "TRFError", "UnsupportedPrimitiveError",
            "DynamicDependencyError", "BatchCouplingWarning"]
 
 _MASK_CHUNK = 256
+#: What the printed forms (``table()``, ``str()``, the CLI) show for the stride of an axis on
+#: which no single closed form fits every unit.
+MISALIGNED = "-"
 
 
 class BatchCouplingWarning(UserWarning):
@@ -65,13 +77,40 @@ def _num(x: float) -> Number:
     return int(f) if f.denominator == 1 else f
 
 
+def _json_num(x: Number) -> int | float:
+    return int(x) if isinstance(x, int) or x.denominator == 1 else float(x)
+
+
+def _strides(stride: Sequence[Number], aligned: Sequence[bool]) -> list[str]:
+    """The strides as printed: ``-`` on an axis that is not aligned."""
+    return [str(s) if ok else MISALIGNED for s, ok in zip(stride, _flags(aligned, stride),
+                                                          strict=True)]
+
+
+def _json_strides(stride: Sequence[Number], aligned: Sequence[bool]) -> list[Any]:
+    """The strides as JSON: ``None`` on an axis that is not aligned."""
+    return [_json_num(s) if ok else None for s, ok in zip(stride, _flags(aligned, stride),
+                                                          strict=True)]
+
+
+def _flags(aligned: Sequence[bool], stride: Sequence[Number]) -> tuple[bool, ...]:
+    """Per-axis alignment flags; none given (a hand-built record) reads as aligned."""
+    return tuple(aligned) if aligned else (True,) * len(stride)
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerRF:
     """One row of the per-layer table: the field of a layer's output.
 
     ``size``, ``stride`` and ``padding`` are per input spatial axis, in the same convention as
-    :class:`TRF` (``stride`` is the jump between adjacent units of this layer; ``size`` the
-    largest extent; a global axis has ``stride`` 0 and ``size`` the input extent).
+    :class:`TRF`, read off the layer's interval arrays (a position of the layer is all its
+    channels): ``stride`` is the jump between adjacent positions of this layer, ``size`` the
+    largest extent, ``aligned[a]`` whether one closed form fits every position on axis ``a``
+    (else ``stride`` is a least-squares summary, printed ``-``). ``is_global[a]``: every
+    position's interval covers the whole axis and does not move (then ``size`` is the input
+    extent and ``stride`` 0); unlike :attr:`TRF.is_global` this is not checked on masks, so
+    dilation holes inside a layer's interval are not seen here. ``source`` is the user's line
+    that created the layer (the first frame outside JAX, Flax, Equinox and Haiku).
     """
 
     name: str
@@ -82,38 +121,52 @@ class LayerRF:
     stride: tuple[Number, ...]
     padding: tuple[int, ...]
     is_global: tuple[bool, ...]
+    aligned: tuple[bool, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready; the stride of an axis that is not aligned is ``None``."""
         return {"name": self.name, "source": self.source, "primitive": self.primitive,
                 "shape": list(self.shape), "size": list(self.size),
-                "stride": [_json_num(s) for s in self.stride], "padding": list(self.padding),
-                "is_global": list(self.is_global)}
-
-
-def _json_num(x: Number) -> int | float:
-    return int(x) if isinstance(x, int) or x.denominator == 1 else float(x)
+                "stride": _json_strides(self.stride, self.aligned),
+                "padding": list(self.padding), "is_global": list(self.is_global),
+                "aligned": list(_flags(self.aligned, self.stride))}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TRF:
     """The theoretical receptive field of ``fn`` at an example input (see :func:`trf`).
 
+    Every summary follows from every output unit: ``size``, ``stride``, ``padding`` and
+    ``aligned`` from the per-unit interval arrays of the whole output, ``is_global`` from the
+    exact mask of every unit.
+
     Attributes (tuples have one entry per input spatial axis):
         input_shape: the input's spatial shape.
         output_shape: the output's spatial shape (``()`` when the output has no spatial axis).
-        size: the field's extent per axis (for a misaligned net, the largest per-unit extent;
-            for a global axis, the input's extent).
-        stride: the jump between adjacent output units, in input pixels (an ``int``, or a
-            ``Fraction`` after upsampling; ``0`` on a global axis).
+        size: the field's extent per axis: the largest per-unit extent ``stop - start + 1``
+            of :meth:`region` (exact; for a global axis, the input's extent).
+        stride: the jump between adjacent output units, in input pixels (an ``int``, ``0`` on
+            a global axis or where the field does not move). On an axis that is not aligned
+            (``aligned_axes[a]`` False) no single jump exists: ``stride`` is then the
+            least-squares jump of the units' starts (a ``Fraction`` such as ``13/15`` after
+            upsampling), a summary only, and the printed forms (:meth:`table`, ``str()``,
+            ``rfjax trf``) show it as ``-``; :meth:`as_dict` gives ``None``.
         padding: how far unit 0's field starts before input index 0 (``-start`` of unit 0).
-        aligned: True when every unit ``u`` sees exactly ``u*stride - padding`` to
-            ``u*stride - padding + size - 1`` (the closed form holds for every unit). When
-            False (U-Nets, transposed convolutions, token axes mixing rows and columns),
-            ``size`` is the largest per-unit extent, ``stride`` the least-squares jump and
-            ``padding`` minus unit 0's start: summaries; use :meth:`region` and :meth:`mask`,
-            which are exact per unit.
-        is_global: per axis, True when every unit depends on the whole axis and the field does
-            not move with the unit (attention, global pooling, dense layers over space).
+        aligned: True when ONE closed form fits every unit: every unit ``u`` has
+            ``region(u)[a] == (u_j*stride[a] - padding[a], u_j*stride[a] - padding[a] +
+            size[a] - 1)`` on every axis ``a`` (``u_j`` the output index the axis follows; a
+            global axis fits with stride 0). False for U-Nets, transposed convolutions,
+            cumulative sums (a field that grows with the unit), token axes mixing rows and
+            columns: use :meth:`region` and :meth:`mask`, which are exact per unit.
+        aligned_axes: ``aligned`` per axis (``aligned == all(aligned_axes)``).
+        is_global: per axis, True when every unit's field covers the whole axis (the exact
+            mask of every unit, projected onto the axis, holds every index: dilation holes
+            count) and the field does not move with the unit; then ``size`` is the input's
+            extent, ``stride`` 0, ``padding`` 0 and :meth:`region` gives ``(0, n - 1)``.
+            Attention, global pooling, an SE gate or image pooling added to a convolution
+            (ASPP) make an axis global. A field that moves with an exact nonzero stride is
+            not global even where it overhangs the whole input (CIFAR's 74-pixel field on
+            32x32 images keeps size 74, stride 8).
         batch_coupled: True when an output unit depends on other images of the batch
             (BatchNorm in training mode); masks then include those images' pixels.
         layers: the per-layer table (see :class:`LayerRF`, :meth:`table`).
@@ -133,6 +186,7 @@ class TRF:
     _out_shape_full: tuple[int, ...] = dataclasses.field(repr=False)
     _lo: tuple[np.ndarray, ...] = dataclasses.field(repr=False)
     _hi: tuple[np.ndarray, ...] = dataclasses.field(repr=False)
+    aligned_axes: tuple[bool, ...] = ()
 
     # ---------------------------------------------------------------- per unit
 
@@ -181,50 +235,87 @@ class TRF:
             for q, u in enumerate(chunk):
                 # image 0, every channel (trailing axis); a scalar output is its own unit
                 m[(q, 0) + u if shape else (q,)] = True
-            inm = backward(self._tape, self._jaxpr, [m])[0]
+            inm = _backward_queries(self._tape, self._jaxpr, m)
             if inm is None:
                 res.append(np.zeros((len(chunk),) + self.input_shape, dtype=bool))
             else:
                 res.append(inm.any(axis=(1, inm.ndim - 1)))
         return np.concatenate(res, axis=0)
 
+    def _covering_axes(self, axes: Sequence[int], order: np.ndarray) -> set[int]:
+        """The axes of ``axes`` on which the mask of EVERY unit, projected onto the axis, holds
+        every input index (units in ``order``, flat indices: likely failures first)."""
+        ok = set(axes)
+        k = len(self.input_shape)
+        units = ([tuple(int(i) for i in np.unravel_index(f, self.output_shape)) for f in order]
+                 if self.output_shape else [()])
+        for start in range(0, max(len(units), 1), _MASK_CHUNK):
+            ms = self._masks(units[start:start + _MASK_CHUNK])
+            for a in sorted(ok):
+                other = tuple(1 + b for b in range(k) if b != a)
+                proj = ms.any(axis=other) if other else ms
+                if not proj.all():
+                    ok.discard(a)
+            if not ok:
+                break
+        return ok
+
     # ---------------------------------------------------------------- reporting
 
+    @property
+    def stride_text(self) -> tuple[str, ...]:
+        """The strides as every printed form shows them (:meth:`table`, ``str()``, ``rfjax
+        trf``, ``scripts/trf_demo.py``): ``str(stride)``, or ``-`` on an axis that is not
+        aligned (where ``stride`` is only a least-squares summary)."""
+        return tuple(_strides(self.stride, self.aligned_axes))
+
     def table(self) -> str:
-        """The per-layer table as text (like the classic receptive-field calculators)."""
+        """The per-layer table as text (like the classic receptive-field calculators).
+
+        ``all`` marks a global axis; a stride ``-`` an axis that is not aligned (no single
+        jump fits every position, see :class:`TRF`); the last row is the output, from
+        every unit's exact mask.
+        """
         k = len(self.input_shape)
         head = ["layer", "op", "output shape"] + [f"size[{a}]" for a in range(k)] + [
             f"stride[{a}]" for a in range(k)] + [f"pad[{a}]" for a in range(k)]
-        rows = []
-        for r in self.layers:
-            rows.append([r.name or r.source, r.primitive, "x".join(map(str, r.shape))]
-                        + [("all" if g else str(s)) for s, g in zip(r.size, r.is_global,
-                                                                    strict=True)]
-                        + [str(s) for s in r.stride] + [str(p) for p in r.padding])
+
+        def cells(size, stride, padding, glob, aligned):
+            return ([("all" if g else str(s)) for s, g in zip(size, glob, strict=True)]
+                    + _strides(stride, aligned) + [str(p) for p in padding])
+
+        rows = [[r.name or r.source, r.primitive, "x".join(map(str, r.shape))]
+                + cells(r.size, r.stride, r.padding, r.is_global, r.aligned)
+                for r in self.layers]
         rows.append(["<output>", "", "x".join(map(str, self._out_shape_full))]
-                    + [("all" if g else str(s)) for s, g in zip(self.size, self.is_global,
-                                                                strict=True)]
-                    + [str(s) for s in self.stride] + [str(p) for p in self.padding])
+                    + cells(self.size, self.stride, self.padding, self.is_global,
+                            self.aligned_axes))
         widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         lines = [fmt.format(*head), fmt.format(*["-" * w for w in widths])]
-        lines += [fmt.format(*r) for r in rows]
+        lines += [fmt.format(*r).rstrip() for r in rows]
         lines.append(f"aligned={self.aligned}  is_global={self.is_global}  "
                      f"batch_coupled={self.batch_coupled}")
+        lines.append('("all": a global axis; stride "-": not aligned, no single stride fits '
+                     "every position: see region(unit) / mask(unit))")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
-        """The numbers as JSON-ready data."""
+        """The numbers as JSON-ready data (the stride of an axis that is not aligned is
+        ``None``, as it is printed ``-``)."""
         return {"input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
-                "size": list(self.size), "stride": [_json_num(s) for s in self.stride],
+                "size": list(self.size),
+                "stride": _json_strides(self.stride, self.aligned_axes),
                 "padding": list(self.padding), "aligned": self.aligned,
+                "aligned_axes": list(_flags(self.aligned_axes, self.stride)),
                 "is_global": list(self.is_global), "batch_coupled": self.batch_coupled,
                 "layers": [r.as_dict() for r in self.layers]}
 
     def __str__(self) -> str:
-        return (f"TRF(size={self.size}, stride={tuple(map(str, self.stride))}, "
-                f"padding={self.padding}, aligned={self.aligned}, is_global={self.is_global}, "
-                f"input_shape={self.input_shape}, output_shape={self.output_shape})")
+        return (f"TRF(size={self.size}, stride={self.stride_text}, "
+                f"padding={self.padding}, aligned={self.aligned}, "
+                f"is_global={self.is_global}, input_shape={self.input_shape}, "
+                f"output_shape={self.output_shape})")
 
 
 # -------------------------------------------------------------------------------- entry point
@@ -244,7 +335,15 @@ def _is_arraylike(leaf: Any) -> bool:
     return hasattr(leaf, "shape") and hasattr(leaf, "dtype")
 
 
-def _abstract_arguments(fn: Callable, output: Any):
+def _call(f: Callable, shape: tuple[int, ...], *args, **kwargs):
+    """``f(*args, **kwargs)``; an error of ``f`` is re-raised with rfjax's reading of x."""
+    try:
+        return f(*args, **kwargs)
+    except Exception as e:
+        raise explain_trace_error(e, shape) from e
+
+
+def _abstract_arguments(fn: Callable, output: Any, shape: tuple[int, ...]):
     """Trace ``functools.partial(f, params, ...)`` with its array arguments as abstract jaxpr
     inputs: no weights are embedded as constants (faster for big models), and parameters may
     be given as ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape(model.init, ...)``)."""
@@ -260,12 +359,12 @@ def _abstract_arguments(fn: Callable, output: Any):
                 for i, a in zip(which, arrays, strict=True):
                     full[i] = a
                 args, kwargs = jax.tree_util.tree_unflatten(tree, full)
-                return select_output(fn.func(*args, inp, **kwargs), output)
+                return select_output(_call(fn.func, shape, *args, inp, **kwargs), output)
 
             return g, specs
 
     def g1(inp):
-        return select_output(fn(inp), output)
+        return select_output(_call(fn, shape, inp), output)
 
     return g1, []
 
@@ -290,10 +389,16 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: Any = None) -> TRF:
     Raises:
         TypeError: ``fn`` is not callable, or ``x`` is not array-like.
         ValueError: ``x`` is not ``(N, *spatial, C)`` with 1-3 spatial axes.
+        TRFError: ``fn`` mixes neighbouring entries of the batch axis the way a convolution
+            mixes a spatial axis: ``x`` most likely lacks its batch axis (a Flax model given
+            ``(H, W, C)`` treats it as one unbatched image); the message names the shapes.
         UnsupportedPrimitiveError: a primitive on the input-output path has no rule (the
             message names it and the source line).
         DynamicDependencyError: an index map depends on runtime values (data-dependent
             gather, a loop whose trip count depends on the input).
+        Exception: an error ``fn`` itself raises while it is traced is re-raised (same type
+            where possible, chained ``from`` it) with rfjax's reading of ``x``: batch,
+            spatial axes and channels (:func:`rfjax.selection.describe_input`).
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable (a function of one array); got "
@@ -307,13 +412,12 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: Any = None) -> TRF:
     if any(d <= 0 for d in spec.shape):
         raise ValueError(f"x has shape {spec.shape}; every axis must be non-empty")
 
-    g, extra = _abstract_arguments(fn, output)
+    g, extra = _abstract_arguments(fn, output, tuple(spec.shape))
     closed = jax.make_jaxpr(g)(spec, *extra)
     jaxpr = closed.jaxpr
     if len(jaxpr.outvars) != 1:
         raise ValueError("fn must return a single array (or pass output=...)")
     k = len(spec.shape) - 2
-    N = spec.shape[0]
     nd = len(spec.shape)
     lo, hi, slope = [], [], []
     for a in range(k + 1):  # 0 = batch, 1..k spatial
@@ -331,13 +435,11 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: Any = None) -> TRF:
     out_infos, _, _, tape = forward(jaxpr, closed.consts,
                                       [Info(lo, hi, slope)] + [None] * n_extra,
                                       [None] * (1 + n_extra), [False] * (1 + n_extra), ctx)
-    out_aval = jaxpr.outvars[0].aval
-    out_shape = tuple(getattr(out_aval, "shape", ()))
+    out_shape = tuple(getattr(jaxpr.outvars[0].aval, "shape", ()))
     info = out_infos[0]
     in_sp = tuple(spec.shape[1:-1])
     if info is None:
         info = empty_info(k + 1, len(out_shape))
-    has_batch = len(out_shape) >= 1 and out_shape[0] == N
     sp_out = tuple(out_shape[1:-1]) if len(out_shape) >= 2 else ()
     # Unit arrays: image 0, min/max over the channel axis -> shape sp_out.
     Lu, Hu = [], []
@@ -350,135 +452,331 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: Any = None) -> TRF:
             L, H = L.min(), H.max()
         Lu.append(np.asarray(L, dtype=float))
         Hu.append(np.asarray(H, dtype=float))
-    batch_coupled = False
-    if has_batch:
-        L0 = np.broadcast_to(bshape(info.lo[0], len(out_shape)), out_shape)
-        H0 = np.broadcast_to(bshape(info.hi[0], len(out_shape)), out_shape)
-        idx = np.arange(N).reshape((N,) + (1,) * (len(out_shape) - 1))
-        fin = np.isfinite(L0)
-        batch_coupled = bool(np.any(fin & ((L0 != idx) | (H0 != idx))))
-    elif len(out_shape) <= 1 and N > 1:
-        batch_coupled = bool(np.isfinite(Lu[0]).any() and (Hu[0] > Lu[0]).any())
-    if batch_coupled:
-        warnings.warn(
-            "fn mixes the images of a batch (e.g. BatchNorm in training mode): each output "
-            "depends on every image, so per-image receptive fields are not defined; masks "
-            "include the other images' pixels. Use inference mode "
-            "(use_running_average=True) for per-image fields.", BatchCouplingWarning,
-            stacklevel=2)
+    batch_coupled = _batch_coupling(info, tuple(spec.shape), out_shape, Lu[0], Hu[0])
     out_slope = [np.asarray(s) for s in info.slope]
     sp_slopes = [(s[1:-1] if len(out_shape) >= 2 else np.zeros(0)) for s in out_slope]
-    per_axis = [_closed_form(Lu[a], Hu[a], sp_slopes[a], in_sp[a - 1]) for a in range(1, k + 1)]
+    forms = [_axis_form(Lu[a], Hu[a], sp_slopes[a]) for a in range(1, k + 1)]
     trf_obj = TRF(input_shape=in_sp, output_shape=sp_out, size=(), stride=(), padding=(),
-                  aligned=False, is_global=(), batch_coupled=batch_coupled, layers=(),
-                  _jaxpr=jaxpr, _tape=tape, _out_shape_full=out_shape,
+                  aligned=False, is_global=(False,) * k, batch_coupled=batch_coupled,
+                  layers=(), _jaxpr=jaxpr, _tape=tape, _out_shape_full=out_shape,
                   _lo=tuple(Lu[1:]), _hi=tuple(Hu[1:]))
-    if any(r[3] for r in per_axis):
-        # Confirm global axes on real masks: dilation holes would break "the whole axis".
-        if sp_out:
-            probe = list(itertools.product(*[sorted({0, n // 2, n - 1}) for n in sp_out]))
-            ms = trf_obj._masks(probe)
-        else:
-            ms = trf_obj._masks([()])
-        for a in range(k):
-            if per_axis[a][3]:
-                other = tuple(1 + b for b in range(k) if b != a)
-                proj = ms.any(axis=other) if other else ms
-                if not proj.all():
-                    per_axis[a] = _closed_form(Lu[a + 1], Hu[a + 1], sp_slopes[a + 1],
-                                               in_sp[a], allow_global=False)
-    trf_obj = dataclasses.replace(
-        trf_obj, size=tuple(r[0] for r in per_axis), stride=tuple(r[1] for r in per_axis),
-        padding=tuple(r[2] for r in per_axis), is_global=tuple(r[3] for r in per_axis),
-        aligned=all(r[4] for r in per_axis), layers=tuple(_layer_rows(rows, in_sp)))
-    return trf_obj
+    # An axis may be global only where every unit's interval covers it and the field does not
+    # move with an exact nonzero stride; then every unit's mask decides (dilation holes).
+    cands = [a for a in range(k) if _covers(Lu[a + 1], Hu[a + 1], in_sp[a])
+             and not (forms[a][3] and forms[a][1] != 0)]
+    glob = set()
+    if cands:
+        glob = trf_obj._covering_axes(cands, _likely_partial_first(Lu, Hu, in_sp, cands))
+    for a in glob:
+        forms[a] = (in_sp[a], 0, 0, True)
+    return dataclasses.replace(
+        trf_obj, size=tuple(f[0] for f in forms), stride=tuple(f[1] for f in forms),
+        padding=tuple(f[2] for f in forms), is_global=tuple(a in glob for a in range(k)),
+        aligned=all(f[3] for f in forms), aligned_axes=tuple(f[3] for f in forms),
+        layers=tuple(_layer_rows(rows, in_sp, jaxpr)))
 
 
-def _closed_form(L: np.ndarray, H: np.ndarray, slopes: np.ndarray, n: int,
-                 allow_global: bool = True):
-    """(size, stride, padding, is_global, aligned) of one input axis from the unit arrays."""
+# -------------------------------------------------------------------------------- the batch axis
+
+
+def _batch_coupling(info: Info, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                    L0: np.ndarray, H0: np.ndarray) -> bool:
+    """Whether output units depend on other images of the batch (warns); raises where the
+    batch axis is mixed like a spatial axis (``x`` most likely lacks its batch axis)."""
+    N = in_shape[0]
+    if len(out_shape) >= 1:
+        # per index of the output's leading axis: the input batch indices it depends on
+        Lb = np.broadcast_to(bshape(info.lo[0], len(out_shape)), out_shape)
+        Hb = np.broadcast_to(bshape(info.hi[0], len(out_shape)), out_shape)
+        rest = tuple(range(1, len(out_shape)))
+        lo = np.where(np.isfinite(Lb), Lb, np.inf).min(axis=rest) if rest else Lb
+        hi = np.where(np.isfinite(Hb), Hb, -np.inf).max(axis=rest) if rest else Hb
+        fin = np.isfinite(lo) & np.isfinite(hi)
+        mixes = bool(np.any(hi[fin] > lo[fin]))
+        moves = fin.sum() >= 2 and (np.ptp(lo[fin]) > 0 or np.ptp(hi[fin]) > 0)
+        if mixes and moves and len(in_shape) <= 4:
+            ends = [int(i) for i in np.flatnonzero(fin)[[0, -1]]]
+            seen = [f"{int(max(lo[i], 0))}..{int(min(hi[i], N - 1))}" for i in ends]
+            raise TRFError(
+                f"fn mixes neighbouring entries of the batch axis (axis 0) the way a "
+                f"convolution mixes a spatial axis: output {ends[0]} along axis 0 depends on "
+                f"inputs {seen[0]} of axis 0, output {ends[1]} on {seen[1]}. "
+                f"fn most likely treats x of shape {in_shape} as one unbatched input with "
+                f"{len(in_shape) - 1} spatial axes (Flax convolutions accept unbatched "
+                f"inputs), so the output {out_shape} has no batch axis. "
+                f"{describe_input(in_shape)}")
+    has_batch = len(out_shape) >= 1 and out_shape[0] == N
+    coupled = False
+    if has_batch:
+        Lb = np.broadcast_to(bshape(info.lo[0], len(out_shape)), out_shape)
+        Hb = np.broadcast_to(bshape(info.hi[0], len(out_shape)), out_shape)
+        idx = np.arange(N).reshape((N,) + (1,) * (len(out_shape) - 1))
+        fin = np.isfinite(Lb)
+        coupled = bool(np.any(fin & ((Lb != idx) | (Hb != idx))))
+    elif len(out_shape) <= 1 and N > 1:
+        coupled = bool(np.isfinite(L0).any() and (H0 > L0).any())
+    if coupled:
+        warnings.warn(
+            f"fn mixes the images of a batch (e.g. BatchNorm in training mode): each output "
+            "depends on every image, so per-image receptive fields are not defined; masks "
+            "include the other images' pixels. Use inference mode "
+            "(use_running_average=True) for per-image fields. If x of shape "
+            f"{in_shape} has no batch axis, add one: {describe_input(in_shape)}",
+            BatchCouplingWarning, stacklevel=3)
+    return coupled
+
+
+# -------------------------------------------------------------------------------- summaries
+
+
+def _axis_form(L: np.ndarray, H: np.ndarray, slopes: np.ndarray):
+    """``(size, stride, padding, aligned)`` of one input axis from every unit's interval.
+
+    ``L``, ``H``: per unit (any number of output axes), the first and last input index
+    (unclipped; ``inf``/``-inf`` for a unit that depends on nothing on this axis).
+    ``slopes``: the jump per output axis from the rules (for output axes of length 1, where
+    the arrays cannot show it). ``aligned``: every unit is finite, every extent equals
+    ``size`` and ``L`` is ``L[0] + u_j * stride`` along one output axis ``j`` (or constant).
+    Otherwise ``stride`` is the least-squares jump of ``L`` along the output axis it moves
+    most with (a summary).
+    """
     L = np.asarray(L, dtype=float)
     H = np.asarray(H, dtype=float)
     fin = np.isfinite(L) & np.isfinite(H)
     if not fin.any():
-        return 0, 0, 0, False, False
-    ext = (H - L + 1)[fin]
-    size = int(ext.max())
-    const = bool(np.all(L[fin] == L[fin].flat[0]) and np.all(H[fin] == H[fin].flat[0]))
+        return 0, 0, 0, False
+    ext = H - L + 1
+    size = int(ext[fin].max())
+    complete = bool(fin.all())
+    same_extent = bool(np.all(ext[fin] == size))
+    zero = (0,) * L.ndim
+    origin = float(L[zero]) if fin[zero] else float(L[fin].min())
+    padding = int(-origin)
     Lz = np.where(fin, L, 0.0)
-    moves = [j for j in range(L.ndim) if L.shape[j] >= 2 and np.any(np.diff(Lz, axis=j)
-                                                                    [_both(fin, j)] != 0)]
-    moves += [j for j in range(L.ndim) if L.shape[j] == 1 and j < len(slopes)
-              and slopes[j] != 0]
-    if allow_global and const and not moves and L.flat[0] <= 0 and H.flat[0] >= n - 1:
-        return n, 0, 0, True, True
+    moves = [j for j in range(L.ndim) if L.shape[j] >= 2
+             and np.any(np.diff(Lz, axis=j)[_both(fin, j)] != 0)]
     if not moves:
-        return size, 0, int(-L[fin].flat[0]), False, bool(fin.all())
-    # The output axis that follows this input axis: the one with the largest jump.
+        # L is constant: the stride is the rules' jump along an output axis of length 1
+        ones = [j for j in range(L.ndim) if L.shape[j] == 1 and j < len(slopes)
+                and slopes[j] != 0]
+        stride = _num(slopes[max(ones, key=lambda j: abs(slopes[j]))]) if ones else 0
+        return size, stride, padding, complete and same_extent
+    if len(moves) == 1 and complete and same_extent:
+        j = moves[0]
+        step = float(np.take(L, 1, axis=j)[(0,) * (L.ndim - 1)] - L[zero])
+        u = np.arange(L.shape[j]).reshape([-1 if d == j else 1 for d in range(L.ndim)])
+        if step == int(step) and bool(np.all(L == origin + u * step)):
+            return size, int(step), padding, True
+
     def jump(j):
         if j < len(slopes) and slopes[j] != 0:
             return float(slopes[j])
-        if L.shape[j] >= 2:
-            return float(estimate_slopes(np.where(fin, L, np.inf), L.shape)[j])
-        return float(slopes[j])
+        return float(estimate_slopes(np.where(fin, L, np.inf), L.shape)[j])
 
     j = max(moves, key=lambda jj: abs(jump(jj)))
-    stride = _num(jump(j))
-    origin = L[(0,) * L.ndim] if np.isfinite(L[(0,) * L.ndim]) else L[fin].min()
-    padding = int(-origin)
-    aligned = bool(fin.all())
-    if aligned:
-        u = np.arange(L.shape[j]).reshape([-1 if d == j else 1 for d in range(L.ndim)])
-        pred = origin + u * float(stride)
-        aligned = bool(np.all(L == pred) and np.all(H - L + 1 == size))
-    return size, stride, padding, False, aligned
+    return size, _num(jump(j)), padding, False
 
 
-def _layer_rows(rows: list[Row], in_sp: tuple[int, ...]) -> list[LayerRF]:
-    out = []
+def _covers(L: np.ndarray, H: np.ndarray, n: int) -> bool:
+    """Every unit's interval holds ``0 .. n - 1`` (necessary for a global axis)."""
+    return bool(np.all(np.isfinite(L) & np.isfinite(H)) and np.all(L <= 0)
+                and np.all(H >= n - 1))
+
+
+def _likely_partial_first(Lu, Hu, in_sp, cands) -> np.ndarray:
+    """Flat unit indices, those whose intervals cover the candidate axes by the smallest
+    margin first (where a hole is likeliest): the exact check then stops early."""
+    margin = None
+    for a in cands:
+        m = np.minimum(-Lu[a + 1], Hu[a + 1] - (in_sp[a] - 1))
+        margin = m if margin is None else np.minimum(margin, m)
+    return np.argsort(np.ravel(margin), kind="stable")
+
+
+def _backward_queries(tape, jaxpr: jcore.Jaxpr, seeds: np.ndarray) -> np.ndarray | None:
+    """The backward pass (:func:`rfjax.engine.backward`) for a batch of queries, exact, with
+    duplicate queries merged on the way.
+
+    ``seeds``: ``(Q, *output_shape)`` one mask per query. Queries whose live masks become
+    identical (e.g. once an attention layer or a global pooling has spread every query over
+    the whole feature map) give identical answers from there on, so they are carried once:
+    for a global network the cost of Q queries falls to about that of one. Returns the
+    input's ``(Q, *input_shape)`` mask, or ``None`` when the output does not depend on it.
+    """
+    out = jaxpr.outvars[0]
+    if isinstance(out, jcore.Literal):
+        return None
+    masks: dict = {out: seeds}
+    index = np.arange(seeds.shape[0])  # query -> its row in the carried masks
+    rows = seeds.shape[0]
+    gap, next_check = 4, 4
+    for step, (invars, outvars, bwd) in enumerate(reversed(tape.entries)):
+        oms = [None if isinstance(o, jcore.DropVar) else masks.pop(o, None) for o in outvars]
+        if all(m is None for m in oms):
+            continue
+        ims = bwd(oms)
+        for v, m in zip(invars, ims, strict=True):
+            if m is None or isinstance(v, jcore.Literal):
+                continue
+            masks[v] = m if v not in masks else (masks[v] | m)
+        if rows > 1 and step >= next_check:
+            keep, inverse = _distinct_rows(list(masks.values()))
+            if len(keep) < rows:
+                masks = {v: m[keep] for v, m in masks.items()}
+                index = inverse[index]
+                rows = len(keep)
+                gap = 4
+            else:
+                gap = min(2 * gap, 16)  # nothing merged: check less often
+            next_check = step + gap
+    m = masks.get(jaxpr.invars[0])
+    return None if m is None else m[index]
+
+
+def _distinct_rows(arrays: list[np.ndarray]):
+    """Rows (queries) whose masks agree in every array: ``(keep, inverse)`` with
+    ``arrays[i][keep][inverse] == arrays[i]``."""
+    q = arrays[0].shape[0]
+    packed = np.concatenate([np.packbits(a.reshape(q, -1), axis=1) for a in arrays], axis=1)
+    seen: dict[bytes, int] = {}
+    keep, inverse = [], np.empty(q, dtype=np.intp)
+    for i in range(q):
+        key = packed[i].tobytes()
+        if key not in seen:
+            seen[key] = len(keep)
+            keep.append(i)
+        inverse[i] = seen[key]
+    return np.asarray(keep, dtype=np.intp), inverse
+
+
+# -------------------------------------------------------------------------------- the table
+
+
+def _layer_rows(rows: list[Row], in_sp: tuple[int, ...], jaxpr) -> list[LayerRF]:
+    """One :class:`LayerRF` per recorded row. A row is dropped only when the previous row has
+    the same layer name, shape and field (e.g. a softmax's reductions inside one attention
+    module): every named layer keeps its row, whatever its field."""
+    out: list[LayerRF] = []
     prev = None
-    for r in rows:
-        shape = r.shape
-        size, stride, padding, glob = [], [], [], []
-        for a in range(1, len(in_sp) + 1):
-            s, st, p, g = _var_summary(r.info, a, shape, in_sp[a - 1])
-            size.append(s)
-            stride.append(st)
-            padding.append(p)
-            glob.append(g)
-        key = (tuple(size), tuple(stride), tuple(padding), tuple(glob), shape)
+    sources = _user_sources(rows, jaxpr)
+    for r, source in zip(rows, sources, strict=True):
+        forms = [_var_summary(r.info, a, r.shape, in_sp[a - 1])
+                 for a in range(1, len(in_sp) + 1)]
+        name = r.name
+        if "/" not in name:  # not inside a submodule (e.g. a pooling call): say where
+            where = _short(source)
+            name = f"{name} @ {where}" if name else where
+        key = (name, r.shape, tuple(forms))
         if key == prev:
             continue
         prev = key
-        name = r.name
-        if "/" not in name:  # not inside a submodule (e.g. a pooling call): say where
-            src = r.source.rsplit("/", 1)[-1]
-            name = f"{name} @ {src}" if name else src
-        out.append(LayerRF(name=name, source=r.source, primitive=r.primitive, shape=shape,
-                           size=tuple(size), stride=tuple(stride), padding=tuple(padding),
-                           is_global=tuple(glob)))
+        out.append(LayerRF(name=name, source=source, primitive=r.primitive, shape=r.shape,
+                           size=tuple(f[0] for f in forms), stride=tuple(f[1] for f in forms),
+                           padding=tuple(f[2] for f in forms),
+                           is_global=tuple(f[4] for f in forms),
+                           aligned=tuple(f[3] for f in forms)))
     return out
 
 
 def _var_summary(info: Info, a: int, shape, n: int):
-    L = bshape(info.lo[a], len(shape))
-    H = bshape(info.hi[a], len(shape))
-    ext = H - L + 1
-    fin = np.isfinite(ext)
-    if not fin.any():
-        return 0, 0, 0, False
-    size = int(ext[fin].max())
-    sl = np.asarray(info.slope[a])
-    j = int(np.argmax(np.abs(sl))) if sl.size else 0
-    if sl.size == 0 or sl[j] == 0:
-        lo_min, hi_max = float(L[np.isfinite(L)].min()), float(H[np.isfinite(H)].max())
-        if lo_min <= 0 and hi_max >= n - 1 and np.all(L[np.isfinite(L)] == lo_min):
-            return n, 0, 0, True
-        return size, 0, int(-lo_min), False
-    first = np.take(L, 0, axis=j) if L.shape[j] > 1 else L
-    first = first[np.isfinite(first)]
-    padding = int(-first.min()) if first.size else 0
-    return size, _num(sl[j]), padding, False
+    """``(size, stride, padding, aligned, is_global)`` of one layer's output on input axis
+    ``a``: :func:`_axis_form` over its positions (a position = all channels, the last axis);
+    global when every position's interval covers the axis and does not move."""
+    nd = len(shape)
+    L = bshape(np.asarray(info.lo[a], dtype=float), nd)
+    H = bshape(np.asarray(info.hi[a], dtype=float), nd)
+    slopes = np.asarray(info.slope[a], dtype=float)
+    if nd >= 2:  # compact arrays: size 1 along the axes they do not vary on
+        L, H = L.min(axis=-1), H.max(axis=-1)
+        slopes = slopes[:-1] if slopes.size == nd else np.zeros(nd - 1)
+    L, H = np.broadcast_arrays(L, H)
+    size, stride, padding, aligned = _axis_form(L, H, slopes)
+    if aligned and stride == 0 and _covers(L, H, n):
+        return n, 0, 0, True, True
+    return size, stride, padding, aligned, False
+
+
+def _library_dirs() -> tuple[str, ...]:
+    dirs = []
+    for name in ("jax", "jaxlib", "flax", "equinox", "haiku"):
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path:
+            dirs.append(os.path.dirname(os.path.abspath(path)) + os.sep)
+    return tuple(dirs)
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib() -> str:
+    path = sysconfig.get_paths().get("stdlib", "")
+    return os.path.abspath(path) + os.sep if path else ""
+
+
+def _is_library(path: str, dirs: tuple[str, ...]) -> bool:
+    if path.startswith(dirs):
+        return True
+    stdlib = _stdlib()
+    return bool(stdlib) and path.startswith(stdlib) and not any(
+        p in path for p in ("site-packages", "dist-packages"))
+
+
+def _user_frame(eqn, dirs: tuple[str, ...]) -> str | None:
+    """The innermost frame of an equation's traceback outside JAX, Flax, Equinox, Haiku
+    and the standard library: the user's line (``file:line (function)``)."""
+    tb = getattr(getattr(eqn, "source_info", None), "traceback", None)
+    for frame in getattr(tb, "frames", ()) or ():
+        if not _is_library(frame.file_name, dirs):
+            return f"{frame.file_name}:{frame.line_num} ({frame.function_name})"
+    return None
+
+
+def _walk(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in jcore.jaxprs_in_params(eqn.params):
+            yield from _walk(sub)
+
+
+def _user_sources(rows: list[Row], jaxpr) -> list[str]:
+    """Per row, the user's line: a row whose recorded source is inside a library (e.g.
+    ``flax/linen/pooling.py`` for ``nn.max_pool``) gets the first frame outside it. Rows are
+    matched to their equations by (source, primitive, shape), in the order of the program."""
+    dirs = _library_dirs()
+    need = {(r.source, r.primitive) for r in rows if _is_library(r.source, dirs)}
+    if not need:
+        return [_no_column(r.source) for r in rows]
+    prims = {p for _, p in need}
+    frames: dict = collections.defaultdict(list)
+    for eqn in _walk(jaxpr):
+        if eqn.primitive.name not in prims:
+            continue
+        src = source_line(eqn)
+        if (src, eqn.primitive.name) not in need:
+            continue
+        user = _user_frame(eqn, dirs) or src
+        for o in eqn.outvars:
+            frames[(src, eqn.primitive.name, tuple(getattr(o.aval, "shape", ())))].append(user)
+    seen: collections.Counter = collections.Counter()
+    out = []
+    for r in rows:
+        key = (r.source, r.primitive, r.shape)
+        found = frames.get(key)
+        if not found:
+            out.append(_no_column(r.source))
+            continue
+        out.append(found[seen[key] % len(found)])
+        seen[key] += 1
+    return out
+
+
+def _no_column(source: str) -> str:
+    """``file:line (function)`` from JAX's ``file:line:column (function)``."""
+    match = re.fullmatch(r"(.*:\d+):\d+( \(.*\))", source)
+    return match.group(1) + match.group(2) if match else source
+
+
+def _short(source: str) -> str:
+    """``file.py:line (function)`` of a source line (the directory dropped)."""
+    return source.rsplit("/", 1)[-1]
 
 
 def _both(fin: np.ndarray, j: int) -> np.ndarray:

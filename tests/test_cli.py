@@ -105,6 +105,16 @@ def test_trf_input_shape_and_unit_match_library(capsys, tmp_path):
     assert "unit (0, 3)" in out
 
 
+def test_trf_misaligned_model_prints_dash_strides_and_json_null(capsys, tmp_path):
+    path = tmp_path / "t.json"
+    rc, out, _ = run(capsys, "trf", "transposed", "--json", str(path))
+    assert rc == 0
+    assert "stride=(-, -)" in out and "aligned=False" in out
+    assert 'stride "-": no single stride fits every unit on that axis' in out
+    data = json.loads(path.read_text())
+    assert data["stride"] == [None, None] and data["aligned_axes"] == [False, False]
+
+
 def test_trf_global_output_has_no_unit(capsys):
     rc, out, _ = run(capsys, "trf", "gap_classifier")
     assert rc == 0 and "no spatial axis" in out
@@ -131,6 +141,17 @@ def test_erf_factory_exact_box_json_png(capsys, factories):
     assert len(data["area_ratio"]["ratio"]) == 4
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "size (gaussian, 4 sigma)" in out and "ERF/TRF" in out and "wrote" in out
+    # every printed number has its meaning next to it
+    text = " ".join(out.split())
+    assert "ERF: the mean of 3 gradient maps = 1 weight draw(s) x 3 random images" in text
+    for meaning in ("(4 sigma per axis of the moment-fitted Gaussian",
+                    "(pixels above 4.55% (1 - 95.45%) of the map's maximum",
+                    "(r2 = 1 - SS(map - fit) / SS(map - mean(map)): 1 = a Gaussian, 0 or below "
+                    "= the Gaussian fits no better than a constant; rel_l2 = ||map - fit|| / "
+                    "||map||)",
+                    "none: no tested square (sides 3 to 9 of 11x11) holds it)",
+                    "(the smallest radius around the map's maximum enclosing 50% / 90%"):
+        assert meaning in text, meaning
 
 
 def test_erf_builtin_draws_and_conventions(capsys, tmp_path):
@@ -141,6 +162,8 @@ def test_erf_builtin_draws_and_conventions(capsys, tmp_path):
     assert rc == 0, out
     data = json.loads(js.read_text())
     assert data["draws"] == 2 and data["count"] == 4 and data["crop"] == "none"
+    # 4 maps in all, counted once (not "4 images x 2 draws")
+    assert "ERF: the mean of 4 gradient maps = 2 weight draw(s) x 2 random images" in out
     assert data["reduce"] == "relu" and data["convention"] == "replknet"
     assert "area_ratio" not in data  # a 1-D map
     assert (tmp_path / "e.png").stat().st_size > 0
