@@ -45,7 +45,9 @@ class Resolved:
 
 
 def _is_array(leaf: Any) -> bool:
-    return isinstance(leaf, (jax.Array, np.ndarray)) and not isinstance(leaf, np.generic)
+    """An array argument (abstract ones too: the TRF takes ``jax.ShapeDtypeStruct`` weights)."""
+    return (isinstance(leaf, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
+            and not isinstance(leaf, np.generic))
 
 
 def _hashable(obj: Any) -> bool:

@@ -72,7 +72,7 @@ from rfjax import callables
 from rfjax.callables import InputTypeError
 from rfjax.intermediate import intermediate_apply as _intermediate_apply
 from rfjax.progress import progress as _progress_bar
-from rfjax.selection import check_unit, select_output
+from rfjax.selection import check_unit, explain_trace_error, select_output
 
 __all__ = [
     "ERF",
@@ -369,9 +369,15 @@ def _check_options(reduce, convention, crop, method, channels):
 
 def _output_shape(entry: callables.CacheEntry, res: callables.Resolved, output: Any,
                   x_aval) -> tuple[int, ...]:
+    def call(d, x):
+        try:
+            out = res.rebuild(d)(x)
+        except Exception as e:  # say how rfjax read the input, keep the user's error chained
+            raise explain_trace_error(e, x_aval.shape) from e
+        return select_output(out, output)
+
     def make():
-        out = jax.eval_shape(lambda d, x: select_output(res.rebuild(d)(x), output), res.dyn,
-                             x_aval)
+        out = jax.eval_shape(call, res.dyn, x_aval)
         if not hasattr(out, "shape"):
             raise ValueError(
                 f"fn's output is a {type(out).__name__}, not an array; select the array with "

@@ -41,6 +41,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
+from rfjax import callables
 from rfjax.engine import (
     Context,
     DynamicDependencyError,
@@ -331,10 +332,6 @@ def _example_spec(x: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
 
 
-def _is_arraylike(leaf: Any) -> bool:
-    return hasattr(leaf, "shape") and hasattr(leaf, "dtype")
-
-
 def _call(f: Callable, shape: tuple[int, ...], *args, **kwargs):
     """``f(*args, **kwargs)``; an error of ``f`` is re-raised with rfjax's reading of x."""
     try:
@@ -344,29 +341,21 @@ def _call(f: Callable, shape: tuple[int, ...], *args, **kwargs):
 
 
 def _abstract_arguments(fn: Callable, output: Any, shape: tuple[int, ...]):
-    """Trace ``functools.partial(f, params, ...)`` with its array arguments as abstract jaxpr
-    inputs: no weights are embedded as constants (faster for big models), and parameters may
-    be given as ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape(model.init, ...)``)."""
-    if isinstance(fn, functools.partial):
-        leaves, tree = jax.tree_util.tree_flatten((fn.args, fn.keywords))
-        which = [i for i, leaf in enumerate(leaves) if _is_arraylike(leaf)]
-        if which:
-            specs = [jax.ShapeDtypeStruct(tuple(leaves[i].shape), leaves[i].dtype)
-                     for i in which]
+    """Trace ``fn`` with its arrays as abstract jaxpr inputs: the parameters of
+    ``functools.partial(apply, params)``, the weights of an NNX or Equinox module
+    (:func:`rfjax.callables.resolve`). They are parameters, not architecture: a zero weight
+    does not cut a path (values fixed by the program, closed over by ``fn``, are architecture;
+    see :mod:`rfjax.engine.known`). Parameters may be ``jax.ShapeDtypeStruct`` (e.g. from
+    ``jax.eval_shape(model.init, ...)``), and no weight is embedded in the jaxpr."""
+    res = callables.resolve(fn)
+    leaves, tree = jax.tree_util.tree_flatten(res.dyn)
+    specs = [jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype) for leaf in leaves]
 
-            def g(inp, *arrays):
-                full = list(leaves)
-                for i, a in zip(which, arrays, strict=True):
-                    full[i] = a
-                args, kwargs = jax.tree_util.tree_unflatten(tree, full)
-                return select_output(_call(fn.func, shape, *args, inp, **kwargs), output)
+    def g(inp, *arrays):
+        f = res.rebuild(jax.tree_util.tree_unflatten(tree, list(arrays)))
+        return select_output(_call(f, shape, inp), output)
 
-            return g, specs
-
-    def g1(inp):
-        return select_output(_call(fn, shape, inp), output)
-
-    return g1, []
+    return g, specs
 
 
 def trf(fn: Callable[[Any], Any], x: Any, *, output: Any = None) -> TRF:

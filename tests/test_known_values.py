@@ -283,3 +283,33 @@ def test_parameters_are_not_architecture():
     params = dict(_PARAMS, mask=jnp.asarray(_causal(T), jnp.float32))
     t = rfjax.trf(functools.partial(masked_attention, params), (1, T, C))
     assert t.is_global == (True,) and t.mask((0,)).all()
+
+
+def test_module_weights_are_parameters_not_architecture():
+    # NNX and Equinox modules hold their weights; rfjax.trf passes them as parameters, so a
+    # zero weight (zero-initialised residual scale, a pruned kernel) does not cut a path.
+    import equinox as eqx
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.conv = nnx.Conv(1, 1, (3, 3), padding="SAME", rngs=nnx.Rngs(0))
+            self.conv.kernel[...] = jnp.zeros_like(self.conv.kernel[...])
+
+        def __call__(self, x):
+            return self.conv(x)
+
+    t = rfjax.trf(Net(), (1, 6, 6, 1))
+    assert t.size == (3, 3) and t.mask((3, 3)).sum() == 9
+
+    conv = eqx.nn.Conv2d(1, 1, 3, padding=1, key=jax.random.key(0))
+    conv = eqx.tree_at(lambda c: c.weight, conv, jnp.zeros_like(conv.weight))
+
+    def batched(x):  # Equinox is single-example and channels-first
+        return jax.vmap(conv)(jnp.moveaxis(x, -1, 1)).transpose(0, 2, 3, 1)
+
+    t = rfjax.trf(eqx.Partial(lambda m, x: jax.vmap(m)(jnp.moveaxis(x, -1, 1)).transpose(
+        0, 2, 3, 1), conv), (1, 6, 6, 1))
+    assert t.size == (3, 3) and t.mask((3, 3)).sum() == 9
+    # a plain closure over the same zero weights: closed-over values are the program's own
+    assert not rfjax.trf(batched, (1, 6, 6, 1)).masks().any()
