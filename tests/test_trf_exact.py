@@ -246,6 +246,21 @@ def test_map_coordinates_with_static_coordinates():
     assert 1 <= t.mask((1, 1)).sum() <= 4
 
 
+def test_map_coordinates_with_integer_coordinates():
+    # integer coordinates give interpolation weights that are exactly 0 (known values)
+    from jax.scipy import ndimage
+
+    coords = np.stack(np.meshgrid(np.arange(1.0, 6.0), np.arange(0.0, 7.0, 2.0),
+                                  indexing="ij")).astype(np.float32)
+
+    def f(x):
+        out = ndimage.map_coordinates(x[0, :, :, 0], [coords[0], coords[1]], order=1)
+        return out[None, :, :, None]
+
+    t = assert_exact(f, (1, 8, 8, 1))
+    assert t.mask((1, 1)).sum() == 1
+
+
 # ------------------------------------------------------------------ 5. key-typed values
 
 
@@ -265,6 +280,12 @@ def test_dropout_with_a_constant_key_is_exact():
     t = assert_exact(lambda x: _dropout(x, key), (1, 8, 8, 2))
     assert not t.masks().all()  # some positions are dropped, in both channels
     assert_exact(lambda x: _dropout(x, jax.random.key(5)), (1, 6, 6, 1))
+
+
+def test_dropout_as_a_multiplication_with_a_constant_key_is_exact():
+    key = jax.random.key(3)
+    t = assert_exact(lambda x: x * jax.random.bernoulli(key, 0.5, x.shape) / 0.5, (1, 8, 8, 2))
+    assert 0 < t.masks().sum() < t.masks().size
 
 
 def test_dropout_in_a_scan_over_split_keys():
