@@ -14,7 +14,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from jax import lax
 
@@ -415,7 +415,12 @@ def pipeline_oracle(nd, in_sizes, stages):
                 a = st_[2]
                 dep = dep | _along(dep, a, np.ones((sizes[a], sizes[a]), bool))
             else:
-                dep = dep | dep.any(axis=tuple(range(nd)), keepdims=True)
+                every = dep.any(axis=tuple(range(nd)), keepdims=True)
+                if st_[1] == "se":
+                    # x * gate: where x is exactly 0 (a zero row of a constant matrix) the
+                    # product is 0 and depends on nothing
+                    every = every & dep.any(axis=tuple(range(nd, dep.ndim)), keepdims=True)
+                dep = dep | every
         elif kind == "attn":
             dep = _tokens(dep, nd, _attn_relation(int(np.prod(sizes)), st_[1]))
         elif kind == "gather":
@@ -428,6 +433,11 @@ def pipeline_oracle(nd, in_sizes, stages):
             for a in range(nd):
                 dep = _along(dep, a, _resize_relation(sizes[a], new[a], method))
     return dep
+
+
+# a zero row of a constant matrix times an SE gate is exactly 0: it depends on nothing
+ZERO_ROW_SE = (1, (3,), (("const", 0, np.array([[-1.0, 0, 0], [0, 0, 0]], np.float32)),
+                         ("global", "se", 0)))
 
 
 def check_summaries(t, expect, nd):
@@ -455,6 +465,7 @@ def check_summaries(t, expect, nd):
 @settings(max_examples=FAMILY_EXAMPLES, deadline=None, derandomize=False, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(pipelines())
+@example(ZERO_ROW_SE)
 def test_generated_families_match_oracle(pipe):
     nd, in_sizes, stages = pipe
     fn = build_pipeline(nd, stages)
@@ -467,3 +478,34 @@ def test_generated_families_match_oracle(pipe):
     bad = np.argwhere(got != expect)
     assert bad.size == 0, (bad[:5], got.sum(), expect.sum())
     check_summaries(t, expect, nd)
+
+
+def gradient_support(fn, in_sizes, seeds=(0, 1, 2)):
+    """Where d(sum over channels of unit u's output)/dx != 0, float64, unioned over inputs."""
+    with jax.enable_x64(True):
+        def per_unit(x):
+            return jnp.sum(fn(x[None, ..., None])[0], axis=-1)
+
+        jac = jax.jit(jax.vmap(jax.jacrev(per_unit)))
+        xs = np.stack([np.random.default_rng(s).normal(size=in_sizes) for s in seeds])
+        return np.asarray((jac(jnp.asarray(xs, jnp.float64)) != 0).any(axis=0))
+
+
+_MAXLIKE = {("cum", "cummax"), ("cum", "assoc_max"), ("global", "max")}
+
+
+@settings(max_examples=max(1, EXAMPLES // 25), deadline=None, derandomize=False,
+          database=None, suppress_health_check=[HealthCheck.too_slow,
+                                                HealthCheck.data_too_large])
+@given(pipelines())
+@example(ZERO_ROW_SE)
+def test_family_oracle_matches_gradient_support(pipe):
+    """The NumPy oracle itself against the float64 gradient support: equal for pipelines
+    without max-like ops (whose gradient reaches only the arg-max), a superset otherwise."""
+    nd, in_sizes, stages = pipe
+    expect = pipeline_oracle(nd, in_sizes, stages)
+    grad = gradient_support(build_pipeline(nd, stages), in_sizes)
+    assert grad.shape == expect.shape
+    assert not (grad & ~expect).any()
+    if not any(s[:2] in _MAXLIKE for s in stages):
+        assert (grad == expect).all(), np.argwhere(grad != expect)[:5]
