@@ -4,6 +4,16 @@ Each case is a random DAG of convolutions (any stride, dilation, explicit/negati
 padding), transposed convolutions (input dilation), poolings, residual adds and channel
 concatenations over 1 to 3 spatial axes. The oracle composes dependency relations forward in
 NumPy (a different method from the engine's backward masks); no XLA compilation happens.
+
+The construct families (``test_generated_families_match_oracle``) chain scans and cumulative
+operations, global plus local branches (mean/max broadcast back, an SE gate), causal/band
+masked attention over the flattened token axis, gathers with computed indices, flips and
+rolls, closed-over constant matrices with a random zero pattern and ``jax.image.resize``; a
+NumPy oracle composes each stage's relation (checked itself against the float64 gradient
+support in ``test_family_oracle_matches_gradient_support``). Every unit's mask is compared;
+regions must hold the masks and ``is_global`` follows the TRF rule. Per run (CI defaults):
+1,000 conv DAGs + 500 family pipelines + 40 gradient checks (``RFJAX_HYPOTHESIS_EXAMPLES``
+scales all three; ``RFJAX_HYPOTHESIS_FAMILY_EXAMPLES`` sets the families' count alone).
 """
 
 from __future__ import annotations
