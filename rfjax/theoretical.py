@@ -49,6 +49,7 @@ from rfjax.engine import (
     Row,
     TRFError,
     UnsupportedPrimitiveError,
+    backward,
     bshape,
     empty_info,
     forward,
@@ -592,34 +593,23 @@ def _backward_queries(tape, jaxpr: jcore.Jaxpr, seeds: np.ndarray) -> np.ndarray
     for a global network the cost of Q queries falls to about that of one. Returns the
     input's ``(Q, *input_shape)`` mask, or ``None`` when the output does not depend on it.
     """
-    out = jaxpr.outvars[0]
-    if isinstance(out, jcore.Literal):
-        return None
-    masks: dict = {out: seeds}
-    index = np.arange(seeds.shape[0])  # query -> its row in the carried masks
-    rows = seeds.shape[0]
-    gap, next_check = 4, 4
-    for step, (invars, outvars, bwd) in enumerate(reversed(tape.entries)):
-        oms = [None if isinstance(o, jcore.DropVar) else masks.pop(o, None) for o in outvars]
-        if all(m is None for m in oms):
-            continue
-        ims = bwd(oms)
-        for v, m in zip(invars, ims, strict=True):
-            if m is None or isinstance(v, jcore.Literal):
-                continue
-            masks[v] = m if v not in masks else (masks[v] | m)
-        if rows > 1 and step >= next_check:
+    state = {"index": np.arange(seeds.shape[0]), "rows": seeds.shape[0], "gap": 4, "next": 4}
+
+    def merge(step: int, masks: dict) -> dict:
+        if state["rows"] > 1 and step >= state["next"]:
             keep, inverse = _distinct_rows(list(masks.values()))
-            if len(keep) < rows:
+            if len(keep) < state["rows"]:
                 masks = {v: m[keep] for v, m in masks.items()}
-                index = inverse[index]
-                rows = len(keep)
-                gap = 4
+                state["index"] = inverse[state["index"]]  # query -> its row in the masks
+                state["rows"] = len(keep)
+                state["gap"] = 4
             else:
-                gap = min(2 * gap, 16)  # nothing merged: check less often
-            next_check = step + gap
-    m = masks.get(jaxpr.invars[0])
-    return None if m is None else m[index]
+                state["gap"] = min(2 * state["gap"], 16)  # nothing merged: check less often
+            state["next"] = step + state["gap"]
+        return masks
+
+    m = backward(tape, jaxpr, [seeds], after_step=merge)[0]
+    return None if m is None else m[state["index"]]
 
 
 def _distinct_rows(arrays: list[np.ndarray]):

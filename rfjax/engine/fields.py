@@ -208,14 +208,19 @@ def or_masks(a, b):
     return a | b
 
 
-def backward(tape: Tape, jaxpr: jcore.Jaxpr, out_masks: Sequence[np.ndarray | None]):
-    """Run the tape backward from ``out_masks`` (leading query axis); returns invar masks."""
+def backward(tape: Tape, jaxpr: jcore.Jaxpr, out_masks: Sequence[np.ndarray | None],
+             after_step: Callable[[int, dict], dict] | None = None):
+    """Run the tape backward from ``out_masks`` (leading query axis); returns invar masks.
+
+    ``after_step(step, masks) -> masks`` may rewrite the live masks after each equation (the
+    TRF merges queries whose masks have become identical)."""
     masks: dict = {}
     for v, m in zip(jaxpr.outvars, out_masks, strict=True):
         if m is not None and not isinstance(v, jcore.Literal):
             masks[v] = m if v not in masks else (masks[v] | m)
-    for invars, outvars, bwd in reversed(tape.entries):
-        oms = [masks.get(o) if not isinstance(o, jcore.DropVar) else None for o in outvars]
+    for step, (invars, outvars, bwd) in enumerate(reversed(tape.entries)):
+        # an equation's outputs are defined once: their masks are not needed after it
+        oms = [None if isinstance(o, jcore.DropVar) else masks.pop(o, None) for o in outvars]
         if all(m is None for m in oms):
             continue
         ims = bwd(oms)
@@ -223,4 +228,6 @@ def backward(tape: Tape, jaxpr: jcore.Jaxpr, out_masks: Sequence[np.ndarray | No
             if m is None or isinstance(v, jcore.Literal):
                 continue
             masks[v] = m if v not in masks else (masks[v] | m)
+        if after_step is not None and masks:
+            masks = after_step(step, masks)
     return [masks.get(v) for v in jaxpr.invars]
