@@ -274,20 +274,6 @@ def test_explain_trace_error_keeps_the_type_when_it_can():
     assert type(e) is RuntimeError and str(e).startswith("boom\n\nfn raised RuntimeError")
 
 
-def test_batchnorm_warning_mentions_the_batch_axis():
-    class M(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            return nn.BatchNorm(use_running_average=False)(nn.Conv(2, (3, 3))(x))
-
-    m = M()
-    v = m.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
-    with pytest.warns(rfjax.BatchCouplingWarning, match=r"If x of shape \(2, 8, 8, 1\) has no "
-                      r"batch axis, add one"):
-        t = rfjax.trf(lambda x: m.apply(v, x, mutable=["batch_stats"])[0], (2, 8, 8, 1))
-    assert t.batch_coupled and t.is_global == (True, True)
-
-
 # ------------------------------------------------------------------ the table
 
 

@@ -251,7 +251,9 @@ def test_batchnorm_training_mode_is_reported():
     m = M()
     v = m.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
     f = lambda x: m.apply(v, x, mutable=["batch_stats"])[0]  # noqa: E731
-    with pytest.warns(rfjax.BatchCouplingWarning):
+    # (the warning also says what to do if the leading axis was not meant as a batch)
+    with pytest.warns(rfjax.BatchCouplingWarning, match=r"If x of shape \(2, 8, 8, 1\) has no "
+                      r"batch axis, add one"):
         t = rfjax.trf(f, (2, 8, 8, 1))
     assert t.batch_coupled and t.is_global == (True, True)
     mi = nn.BatchNorm(use_running_average=True)
