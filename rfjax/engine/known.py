@@ -9,7 +9,9 @@ are program constants. The parameters passed to ``fn`` (``functools.partial(appl
 which :func:`rfjax.trf` traces as abstract jaxpr inputs) are *not*: a weight that happens to be
 0 is not architecture. Weights that ``fn`` closes over (``lambda x: apply(params, x)``) are
 constants of the program, so their exact zeros count (a zero-initialised kernel cuts its path);
-pass parameters with ``functools.partial`` to keep them abstract.
+pass parameters with ``functools.partial`` to keep them abstract. NNX and Equinox modules given
+to :func:`rfjax.trf` are resolved the same way (:func:`rfjax.callables.resolve`): their weights
+are parameters.
 
 **What is propagated.** A variable that depends on ``x`` may carry a
 :class:`~rfjax.engine.fields.Known`: per element, bounds ``lo <= value <= hi`` computed by
@@ -17,7 +19,10 @@ interval arithmetic with NumPy in the variable's dtype (``+ - * /`` are correctl
 rounding is monotone, so those bounds hold for XLA's values). Where ``lo == hi`` the value is
 fixed: the element depends on nothing, so :func:`settle` empties its index intervals and
 backward masks stop there. :func:`nonzero` gives the elements that may be non-zero, which
-``dot_general`` and ``conv_general_dilated`` use to drop the terms of a known-zero operand.
+``dot_general`` and ``conv_general_dilated`` use to drop the terms of a known-zero operand; a
+convolution's output is itself 0 where its window reads only known zeros and padding, and
+gathers and dynamic slices with indices fixed by the program move the bounds with the elements.
+(``lax.scan`` does not carry them yet: a strict xfail in ``tests/test_trf_generated.py``.)
 Structure only ever depends on which values are exactly 0, infinite or select a given case.
 
 **The one assumption (finite activations).** A value rfjax cannot bound from the program
@@ -45,6 +50,7 @@ from jax import numpy as jnp
 from jax.extend import core as jcore
 
 from rfjax.engine.fields import INF, Info, Known, bshape, compact, materialize
+from rfjax.engine.window import Window
 
 #: Bounds beyond which a value counts as saturated (exp(-1000) == 0 in every float dtype).
 SATURATION = 1e3
@@ -497,6 +503,58 @@ def _dot_general(eqn, ops):
     return [(r, r)]
 
 
+def _conv(eqn, ops):
+    """A convolution output is 0 where its window reads only known zeros and padding (the
+    weights are finite); the operand's features are OR-ed, so feature groups are ignored and
+    the zeros found are a subset of the true ones."""
+    nz = ops.nonzero(0)
+    if nz is None and not ops.informative(0):
+        return [None]
+    p = eqn.params
+    dn = p["dimension_numbers"]
+    lspec, rspec, ospec = dn.lhs_spec, dn.rhs_spec, dn.out_spec
+    lhs, rhs = ops.shape(0), ops.shape(1)
+    out_shape = tuple(eqn.outvars[0].aval.shape)
+    nsp = len(lspec) - 2
+    A = np.ones((1,) * len(lhs), bool) if nz is None else bshape(nz, len(lhs))
+    A = np.transpose(A, lspec).any(axis=1, keepdims=True)  # (batch, 1, spatial...)
+    lhs_dil = p["lhs_dilation"] or (1,) * nsp
+    rhs_dil = p["rhs_dilation"] or (1,) * nsp
+    for i in range(nsp):
+        w = Window(n_in=lhs[lspec[2 + i]], n_out=out_shape[ospec[2 + i]],
+                   size=rhs[rspec[2 + i]], stride=p["window_strides"][i],
+                   pad_lo=p["padding"][i][0], lhs_dilation=lhs_dil[i], rhs_dilation=rhs_dil[i])
+        M = np.moveaxis(np.broadcast_to(A, A.shape[:2 + i] + (w.n_in,) + A.shape[3 + i:]),
+                        2 + i, -1)
+        A = np.moveaxis((M.astype(np.float32) @ w.relation().T.astype(np.float32)) > 0, -1, 2 + i)
+    zero = np.transpose(~A, np.argsort(ospec))
+    if not zero.any():
+        return [None]
+    r = np.where(zero, 0.0, np.nan)
+    return [(r, r)]
+
+
+def _indexed(eqn, ops):
+    """A gather or dynamic slice with indices fixed by the program moves the bounds with the
+    elements (an out-of-range read or a fill value: unknown)."""
+    if not ops.informative(0):
+        return [None]
+    vals = [ops.env.read_val(v) for v in eqn.invars[1:]]
+    if any(v is None for v in vals):
+        return [None]
+    shape = ops.shape(0)
+    n = int(np.prod(shape, dtype=np.int64))
+    params = dict(eqn.params)
+    if "fill_value" in params:
+        params["fill_value"] = -1
+    src = np.asarray(eqn.primitive.bind(np.arange(n, dtype=np.int32).reshape(shape), *vals,
+                                        **params))
+    ok = (src >= 0) & (src < n)
+    idx = np.where(ok, src, 0)
+    lo, hi = ops.bounds(0)
+    return [tuple(np.where(ok, materialize(a, shape).ravel()[idx], np.nan) for a in (lo, hi))]
+
+
 def dot_subscripts(dimension_numbers, nl: int, nr: int) -> tuple[str, str, str]:
     """einsum subscripts (lhs, rhs, out) of a ``dot_general``."""
     (lc, rc), (lb, rb) = dimension_numbers
@@ -553,6 +611,8 @@ TABLE: dict[str, Callable] = {
     "reduce_sum": _reduce("sum"), "reduce_max": _reduce("max"), "reduce_min": _reduce("min"),
     "reduce_and": _reduce("and"), "reduce_or": _reduce("or"),
     "dot_general": _dot_general,
+    "conv_general_dilated": _conv,
+    "gather": _indexed, "dynamic_slice": _indexed,
 }
 
 
