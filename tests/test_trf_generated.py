@@ -451,21 +451,16 @@ ZERO_ROW_SE = (1, (3,), (("const", 0, np.array([[-1.0, 0, 0], [0, 0, 0]], np.flo
                          ("global", "se", 0)))
 
 
-# known failure (test_known_zero_through_gather_scan_conv below): the engine loses an exact 0
-# (a zero row of a constant matrix, a convolution output over padding only) through a gather
-# with computed indices, lax.scan or a convolution, so an SE gate multiplying that 0 later still
-# reads the whole input. The families test skips exactly that pattern (an SE gate on a value
-# with an exact 0 after such a stage); the xfail test keeps the bug visible.
-_DROPS_ZERO = ("take", "index", "scan")
-
-
+# known failure (test_known_zero_through_gather_scan_conv[cumsum] below): the engine keeps an
+# exact 0 (a zero row of a constant matrix, a convolution output over padding only) through
+# gathers, dynamic slices, convolutions and lax.scan, but not through the cumulative primitives
+# (cumsum, cummax, associative_scan), so an SE gate multiplying that 0 later still reads the
+# input. The families test skips exactly that pattern; the xfail test keeps it visible.
 def _known_failure(nd, in_sizes, stages):
     for i, s in enumerate(stages):
         if s[:2] != ("global", "se"):
             continue
-        dropped = any(p[0] == "conv" or (p[0] in ("gather", "cum")
-                                         and p[1 + (p[0] == "gather")] in _DROPS_ZERO)
-                      for p in stages[:i])
+        dropped = any(p[0] == "cum" and p[1] != "scan" for p in stages[:i])
         dep = pipeline_oracle(nd, in_sizes, stages[:i])
         if dropped and not dep.reshape(dep.shape[:nd] + (-1,)).any(axis=-1).all():
             return True
@@ -553,6 +548,7 @@ _THROUGH = {
                                             reverse=True)[1], 0, 1),
     "conv": lambda y: lax.conv_general_dilated(y, jnp.ones((1, 1, 1)), (1,), ((0, 0),),
                                                dimension_numbers=SPEC[1]),
+    "cumsum": lambda y: lax.cumsum(y, axis=1, reverse=True),
     # unit 3 of a convolution over padding only is 0 as well
     "conv_pad": lambda y: lax.conv_general_dilated(y, jnp.ones((1, 1, 1)), (1,), ((0, 1),),
                                                    dimension_numbers=SPEC[1]),
@@ -561,8 +557,8 @@ _THROUGH = {
 
 @pytest.mark.parametrize("through", [
     pytest.param(k, marks=pytest.mark.xfail(strict=True, reason="known values (an exact 0) are "
-                                            "not carried through lax.scan"))
-    if k == "scan" else k for k in sorted(_THROUGH)])
+                                            "not carried through cumulative primitives"))
+    if k == "cumsum" else k for k in sorted(_THROUGH)])
 def test_known_zero_through_gather_scan_conv(through):
     """y = M @ x has y[1] == y[2] == 0 exactly; after an identity gather / a reverse scan / a
     1x1 conv they are still 0, so y * SE-gate(y) at units 1, 2 depends on nothing (its float64

@@ -22,7 +22,8 @@ backward masks stop there. :func:`nonzero` gives the elements that may be non-ze
 ``dot_general`` and ``conv_general_dilated`` use to drop the terms of a known-zero operand; a
 convolution's output is itself 0 where its window reads only known zeros and padding, and
 gathers and dynamic slices with indices fixed by the program move the bounds with the elements.
-(``lax.scan`` does not carry them yet: a strict xfail in ``tests/test_trf_generated.py``.)
+``lax.scan`` carries them per iteration. (The cumulative primitives do not carry them yet: a
+strict xfail in ``tests/test_trf_generated.py``.)
 Structure only ever depends on which values are exactly 0, infinite or select a given case.
 
 **The one assumption (finite activations).** A value rfjax cannot bound from the program

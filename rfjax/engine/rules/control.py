@@ -8,6 +8,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
+from rfjax.engine import known as known_values
 from rfjax.engine.errors import (
     DynamicDependencyError,
     UnsupportedPrimitiveError,
@@ -18,6 +19,7 @@ from rfjax.engine.errors import (
 from rfjax.engine.fields import (
     INF,
     Info,
+    Known,
     backward,
     bshape,
     combine,
@@ -100,7 +102,7 @@ def scan_rule(eqn, infos, env, ctx, prefix):
     out_infos = list(carry_i)
     for k, av in enumerate(y_avals):
         per = [ys_per_iter[t][k] for t in range(length)]
-        out_infos.append(stack_infos(per, tuple(av.shape), ctx.naxes))
+        out_infos.append(stack_infos(per, tuple(av.shape), ctx.naxes, av.dtype))
 
     def bwd(oms):
         k_masks = list(oms[:nk])
@@ -132,11 +134,15 @@ def _slice_info(info: Info, t: int, shape) -> Info:
         x = bshape(x, n)
         return x[0] if x.shape[0] == 1 else x[t]
 
+    k = info.known
+    known = None if k is None else Known(take(k.lo), take(k.hi), k.narrow)
     return Info([take(x) for x in info.lo], [take(x) for x in info.hi],
-                [np.asarray(s)[1:] for s in info.slope])
+                [np.asarray(s)[1:] for s in info.slope], known)
 
 
-def stack_infos(per: list, shape, naxes) -> Info | None:
+def stack_infos(per: list, shape, naxes, dtype=None) -> Info | None:
+    """The per-iteration infos of a scan's output stacked on a new leading axis; their value
+    bounds too (an iteration without them gets the default bounds of ``dtype``)."""
     if all(i is None for i in per):
         return None
     n = len(shape)
@@ -152,7 +158,15 @@ def stack_infos(per: list, shape, naxes) -> Info | None:
                 his.append(materialize(i.hi[a], shape[1:]))
         lo.append(np.stack(los))
         hi.append(np.stack(his))
-    return Info(lo, hi, [estimate_slopes(x, shape) for x in lo]) if n else None
+    known = None
+    d = known_values.default(dtype) if dtype is not None else None
+    if d is not None and any(i is not None and i.known is not None for i in per):
+        ks = [i.known if i is not None and i.known is not None else None for i in per]
+        known = Known(*(np.stack([materialize(getattr(k, side) if k is not None else
+                                              np.array(d[j]), shape[1:]) for k in ks])
+                        for j, side in enumerate(("lo", "hi"))),
+                      any(k is not None and k.narrow for k in ks))
+    return Info(lo, hi, [estimate_slopes(x, shape) for x in lo], known) if n else None
 
 
 _MAX_WHILE_ITERS = 100_000
