@@ -50,6 +50,7 @@ import numpy as np
 from jax import numpy as jnp
 from jax.extend import core as jcore
 
+from rfjax.engine import moves
 from rfjax.engine.fields import INF, Info, Known, bshape, compact, materialize
 from rfjax.engine.window import Window
 
@@ -545,11 +546,7 @@ def _indexed(eqn, ops):
         return [None]
     shape = ops.shape(0)
     n = int(np.prod(shape, dtype=np.int64))
-    params = dict(eqn.params)
-    if "fill_value" in params:
-        params["fill_value"] = -1
-    src = np.asarray(eqn.primitive.bind(np.arange(n, dtype=np.int32).reshape(shape), *vals,
-                                        **params))
+    src = moves.sources(eqn, [np.arange(n, dtype=np.int32).reshape(shape), *vals])[0]
     ok = (src >= 0) & (src < n)
     idx = np.where(ok, src, 0)
     lo, hi = ops.bounds(0)

@@ -12,6 +12,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jcore
 
+from rfjax.engine import moves
 from rfjax.engine.errors import DynamicDependencyError, UnsupportedPrimitiveError, source_line
 from rfjax.engine.fields import INF, Info, bshape, estimate_slopes, materialize
 from rfjax.engine.records import PrimitiveRule
@@ -24,47 +25,6 @@ _DATA_OPERANDS = {
     "gather": (0,), "dynamic_slice": (0,), "dynamic_update_slice": (0, 1), "tile": (0,),
     "stack": None, "split": (0,), "unstack": (0,),
 }
-
-
-def _clamped_starts(starts, shape, sizes) -> list[int]:
-    """XLA's dynamic-slice semantics: each start is clamped to ``[0, n - size]``."""
-    return [int(min(max(int(np.asarray(st)), 0), n - k))
-            for st, n, k in zip(starts, shape, sizes, strict=True)]
-
-
-def _np_dynamic_slice(x, *starts, slice_sizes):
-    st = _clamped_starts(starts, x.shape, slice_sizes)
-    return x[tuple(slice(a, a + k) for a, k in zip(st, slice_sizes, strict=True))]
-
-
-def _np_dynamic_update_slice(x, update, *starts):
-    st = _clamped_starts(starts, x.shape, update.shape)
-    out = x.copy()
-    out[tuple(slice(a, a + k) for a, k in zip(st, update.shape, strict=True))] = update
-    return out
-
-
-# Plain rearrangements evaluated on index arrays with NumPy (binding the primitive would
-# compile an XLA program per shape). Returns ``None`` where a parameter is not covered.
-_NUMPY_MOVES = {
-    "split": lambda x, sizes, axis: np.split(x, np.cumsum(sizes)[:-1], axis=axis),
-    "dynamic_slice": _np_dynamic_slice,
-    "dynamic_update_slice": _np_dynamic_update_slice,
-}
-
-
-def _move(eqn, args) -> list[np.ndarray]:
-    """The primitive applied to index arrays: where each output element comes from."""
-    name = eqn.primitive.name
-    f = _NUMPY_MOVES.get(name)
-    res = f(*args, **eqn.params) if f is not None else None
-    if res is None:
-        params = dict(eqn.params)
-        if name == "gather" and "fill_value" in params:
-            params["fill_value"] = -1
-        res = eqn.primitive.bind(*args, **params)
-    multiple = eqn.primitive.multiple_results
-    return [np.asarray(r) for r in (res if multiple else [res])]
 
 
 def data_movement_rule(eqn, infos, env, ctx, prefix):
@@ -98,7 +58,7 @@ def data_movement_rule(eqn, infos, env, ctx, prefix):
                     "(e.g. parameters); the receptive field is not static."
                     + (f" ({why})" if why else ""))
             args.append(val)
-    srcs = _move(eqn, args)
+    srcs = moves.sources(eqn, args)
     # Per tracked axis, lo and hi of every data element over the concatenated index space
     # (one table, so each output needs a single lookup), plus a last entry for "no element"
     # (a gather's fill value). Axes on which every operand is one constant skip the lookup.
