@@ -143,19 +143,25 @@ def oracle(nd, in_sizes, nodes):
 EXAMPLES = int(os.environ.get("RFJAX_HYPOTHESIS_EXAMPLES", "1000"))
 
 
+def trf_with_masks(fn, nd, in_sizes, expect):
+    """``rfjax.trf`` of ``fn`` on one ``(1, *in_sizes, 1)`` input, with every unit's mask
+    asserted equal to the oracle's ``expect`` (``(*output_shape, *in_sizes)``)."""
+    t = rfjax.trf(fn, jax.ShapeDtypeStruct((1,) + in_sizes + (1,), jnp.float32))
+    assert t.output_shape == expect.shape[:nd]
+    got = t.masks()
+    assert got.shape == expect.shape
+    bad = np.argwhere(got != expect)
+    assert bad.size == 0, (bad[:5], got.sum(), expect.sum())
+    return t
+
+
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=False, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(architectures())
 def test_generated_architectures_match_oracle(arch):
     nd, in_sizes, nodes = arch
-    fn = build_fn(nd, nodes)
-    x = jax.ShapeDtypeStruct((1,) + in_sizes + (1,), jnp.float32)
-    t = rfjax.trf(fn, x)
     expect = oracle(nd, in_sizes, nodes)
-    assert t.output_shape == expect.shape[:nd]
-    got = t.masks()
-    assert got.shape == expect.shape
-    assert (got == expect).all()
+    t = trf_with_masks(build_fn(nd, nodes), nd, in_sizes, expect)
     # the unclipped region always contains the exact set
     for u in itertools.islice(itertools.product(*[range(n) for n in t.output_shape]), 0, None,
                               7):
@@ -496,15 +502,8 @@ def check_summaries(t, expect, nd):
 def test_generated_families_match_oracle(pipe):
     nd, in_sizes, stages = pipe
     assume(not _known_failure(nd, in_sizes, stages))
-    fn = build_pipeline(nd, stages)
-    x = jax.ShapeDtypeStruct((1,) + in_sizes + (1,), jnp.float32)
-    t = rfjax.trf(fn, x)
     expect = pipeline_oracle(nd, in_sizes, stages)
-    assert t.output_shape == expect.shape[:nd]
-    got = t.masks()
-    assert got.shape == expect.shape
-    bad = np.argwhere(got != expect)
-    assert bad.size == 0, (bad[:5], got.sum(), expect.sum())
+    t = trf_with_masks(build_pipeline(nd, stages), nd, in_sizes, expect)
     check_summaries(t, expect, nd)
 
 
