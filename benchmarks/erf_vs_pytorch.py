@@ -1,6 +1,6 @@
 """Benchmark: rfjax.erf against the PyTorch ways of computing an ERF, on 2 CPU threads.
 
-Run by hand (never in the tests); needs the ``bench`` extra (``pip install torch==2.13.0``)::
+Run by hand (never in the tests); needs the ``bench`` extra (``pip install -e ".[bench]"``)::
 
     python benchmarks/erf_vs_pytorch.py              # both parts, 3 repeats, median
     python benchmarks/erf_vs_pytorch.py --json out.json
@@ -78,7 +78,7 @@ from rfjax.metrics import normalize_map  # noqa: E402
 try:
     import torch
 except ImportError as e:  # pragma: no cover - benchmark-only dependency
-    raise SystemExit("this benchmark needs PyTorch: pip install torch==2.13.0 "
+    raise SystemExit("this benchmark needs PyTorch: pip install -e .[bench] "
                      "(the 'bench' extra)") from e
 
 torch.set_num_threads(THREADS)

@@ -67,8 +67,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rfjax import adapters, callables
 from rfjax import batches as _input
-from rfjax import callables
 from rfjax.callables import InputTypeError
 from rfjax.intermediate import intermediate_apply as _intermediate_apply
 from rfjax.progress import progress as _progress_bar
@@ -422,16 +422,24 @@ def erf(
     verify: bool = True,
     check_noise: bool = True,
     progress: bool = True,
+    channel_axis: int | None = None,
+    grid: Sequence[int] | None = None,
+    prefix_tokens: int = 0,
+    layer: str | None = None,
 ) -> ERF:
     """The effective receptive field of one output unit of ``fn``, averaged over images.
 
     Args:
-      fn: any JAX callable of one array, ``(N, *spatial, C) -> (N, *spatial_out, C_out)``:
-        a plain function, ``functools.partial(module.apply, params)``, an NNX or Equinox
-        module. Images must not interact (inference-mode normalisation).
-      x: a float batch ``(N, *spatial, C)`` with 1 to 3 spatial axes, or an iterable of such
-        batches (a generator, a TFDS/grain iterator) yielding arrays or dicts (the image under
-        ``image_key``). All batches share one image shape.
+      fn: a model or function of one batch, ``(N, *spatial, C) -> (N, *spatial_out, C_out)``
+        in its own layout: a plain JAX function, ``functools.partial(module.apply, params)``,
+        an NNX module, a ``torch.nn.Module`` (with its current weights), a Keras 3 model (JAX
+        backend), a Haiku pair ``(transformed, params[, state])``, an Equinox module
+        (single-example: rfjax vmaps it). See :mod:`rfjax.adapters`. Images must not
+        interact (inference mode: rfjax evaluates torch and Keras models in it).
+      x: a float batch with a leading batch axis and 1 to 3 spatial axes (an array or a torch
+        tensor), or an iterable of such batches (a generator, a TFDS/grain iterator, a torch
+        DataLoader of tensors) yielding arrays or dicts (the image under ``image_key``). All
+        batches share one image shape.
       unit: output spatial indices; default the centre ``(H_out // 2, W_out // 2, ...)``.
       reduce: per-element reduction ``"abs"`` (the paper's, default), ``"grad"``, ``"relu"`` or
         ``"square"``. The other conventions fix their own (leave it at its default).
@@ -466,6 +474,13 @@ def erf(
         two backward passes of one image per call (on the crop in use).
       progress: show a tqdm bar over chunks (never when stderr is not a terminal or
         ``RFJAX_NO_PROGRESS=1``).
+      channel_axis: the channel axis of the batches (default: the framework's; 1 for torch
+        and Equinox, -1 otherwise). The map is over the spatial axes either way; outputs of the
+        input's rank are read in the same layout.
+      grid, prefix_tokens: read token outputs ``(N, T, C)`` as ``(N, *grid, C)`` after
+        dropping ``prefix_tokens`` leading tokens (a ViT's class token), so that ``unit`` is a
+        patch position and the ERF of a token is a map.
+      layer: a torch submodule path or a Keras layer name: the ERF of that layer's output.
 
     Returns:
       :class:`ERF` with ``map`` of the input's spatial shape, in the input's float dtype.
@@ -477,7 +492,8 @@ def erf(
       InputTypeError: (a ``TypeError`` and ``ValueError``) a non-callable ``fn``, a non-float
         input.
     """
-    res = callables.resolve(fn)
+    if not callable(fn) and not isinstance(fn, tuple):
+        raise InputTypeError(f"fn must be callable (a function of one array), got {type(fn)}")
     reduce, channels = _check_options(reduce, convention, crop, method, channels)
     devices = jax.devices()
     ndev = len(devices) if shard else 1
@@ -486,10 +502,15 @@ def erf(
         mesh = Mesh(np.asarray(devices), ("batch",))
         sharding = NamedSharding(mesh, PartitionSpec("batch"))
 
-    batches = _input.batches(x, image_key)
-    first = next(batches, None)
+    raw = _input.batches(x, image_key)
+    first = next(raw, None)
     if first is None:
         raise ValueError("x is an empty iterable: no batches to average over")
+    prep = adapters.prepare(fn, first, channel_axis=channel_axis, grid=grid,
+                            prefix_tokens=prefix_tokens, layer=layer)
+    res = prep.resolved
+    first = prep.to_array(first)
+    batches = map(prep.to_array, raw)
     _input.check_batch(first, "batch 0")
     entry = callables.cache_entry(res)
     spec, mode, plan = _plan(entry, res, first[:1], unit, reduce, channels, convention, output,

@@ -41,7 +41,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from rfjax import callables
+from rfjax import adapters, callables
 from rfjax.engine import (
     Context,
     DynamicDependencyError,
@@ -323,16 +323,6 @@ class TRF:
 # -------------------------------------------------------------------------------- entry point
 
 
-def _example_spec(x: Any) -> jax.ShapeDtypeStruct:
-    if isinstance(x, tuple | list) and all(isinstance(d, int | np.integer) for d in x):
-        return jax.ShapeDtypeStruct(tuple(int(d) for d in x), np.float32)
-    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
-        raise TypeError(
-            f"x must be an array (or jax.ShapeDtypeStruct, or a shape tuple) of shape "
-            f"(N, *spatial, C); got {type(x).__name__}")
-    return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
-
-
 def _call(f: Callable, shape: tuple[int, ...], *args, **kwargs):
     """``f(*args, **kwargs)``; an error of ``f`` is re-raised with rfjax's reading of x."""
     try:
@@ -341,14 +331,13 @@ def _call(f: Callable, shape: tuple[int, ...], *args, **kwargs):
         raise explain_trace_error(e, shape) from e
 
 
-def _abstract_arguments(fn: Callable, output: Any, shape: tuple[int, ...]):
+def _abstract_arguments(res: callables.Resolved, output: Any, shape: tuple[int, ...]):
     """Trace ``fn`` with its arrays as abstract jaxpr inputs: the parameters of
     ``functools.partial(apply, params)``, the weights of an NNX or Equinox module
     (:func:`rfjax.callables.resolve`). They are parameters, not architecture: a zero weight
     does not cut a path (values fixed by the program, closed over by ``fn``, are architecture;
     see :mod:`rfjax.engine.known`). Parameters may be ``jax.ShapeDtypeStruct`` (e.g. from
     ``jax.eval_shape(model.init, ...)``), and no weight is embedded in the jaxpr."""
-    res = callables.resolve(fn)
     leaves, tree = jax.tree_util.tree_flatten(res.dyn)
     specs = [jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype) for leaf in leaves]
 
@@ -359,18 +348,29 @@ def _abstract_arguments(fn: Callable, output: Any, shape: tuple[int, ...]):
     return g, specs
 
 
-def trf(fn: Callable[[Any], Any], x: Any, *, output: Any = None) -> TRF:
+def trf(fn: Callable[[Any], Any], x: Any, *, output: Any = None,
+        channel_axis: int | None = None, grid: Sequence[int] | None = None,
+        prefix_tokens: int = 0, layer: str | None = None) -> TRF:
     """The theoretical receptive field of ``fn`` at inputs shaped like ``x``.
 
     Args:
-        fn: any JAX callable of one array: a plain function,
-            ``functools.partial(module.apply, params)`` of a Flax linen module, a Flax nnx
-            module, an Equinox module wrapped for a batch (``jax.vmap(model)``).
-        x: an example input ``(N, *spatial, C)`` with 1-3 spatial axes (an array, a
-            ``jax.ShapeDtypeStruct`` or a shape tuple); only its shape and dtype are used.
+        fn: a model or function of one batch: a plain JAX function,
+            ``functools.partial(module.apply, params)`` of a Flax linen module, a Flax NNX
+            module, a ``torch.nn.Module``, a Keras 3 model (JAX backend), a Haiku pair
+            ``(transformed, params[, state])``, an Equinox module (single-example: rfjax
+            vmaps it). See :mod:`rfjax.adapters`.
+        x: an example input with a leading batch axis and 1-3 spatial axes (an array, a torch
+            tensor, a ``jax.ShapeDtypeStruct`` or a shape tuple) in the model's layout; only
+            its shape and dtype are used.
         output: when ``fn`` returns several arrays (``(out, intermediates)``), which one:
             an index, a ``"/"``-separated path of keys, or a callable (see
             :func:`rfjax.selection.select_output`; the same convention as :func:`rfjax.erf`).
+        channel_axis: the channel axis of ``x`` (default: the framework's; 1 for torch and
+            Equinox, -1 otherwise). Masks and regions are over the spatial axes either way,
+            and outputs of the input's rank are read in the same layout.
+        grid, prefix_tokens: read token outputs ``(N, T, C)`` as ``(N, *grid, C)`` after
+            dropping ``prefix_tokens`` leading tokens (a ViT's class token).
+        layer: a torch submodule path or a Keras layer name: analyse that layer's output.
 
     Returns:
         A :class:`TRF`: the closed form (``size``, ``stride``, ``padding``), ``aligned``,
@@ -390,10 +390,10 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: Any = None) -> TRF:
             where possible, chained ``from`` it) with rfjax's reading of ``x``: batch,
             spatial axes and channels (:func:`rfjax.selection.describe_input`).
     """
-    if not callable(fn):
+    if not callable(fn) and not isinstance(fn, tuple):
         raise TypeError(f"fn must be callable (a function of one array); got "
                         f"{type(fn).__name__}")
-    spec = _example_spec(x)
+    spec = adapters.example_spec(x)
     if len(spec.shape) not in (3, 4, 5):
         raise ValueError(
             f"x has shape {spec.shape} (rank {len(spec.shape)}); expected (N, *spatial, C) "
@@ -402,7 +402,10 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: Any = None) -> TRF:
     if any(d <= 0 for d in spec.shape):
         raise ValueError(f"x has shape {spec.shape}; every axis must be non-empty")
 
-    g, extra = _abstract_arguments(fn, output, tuple(spec.shape))
+    prep = adapters.prepare(fn, spec.shape, channel_axis=channel_axis, grid=grid,
+                            prefix_tokens=prefix_tokens, layer=layer)
+    spec = jax.ShapeDtypeStruct(prep.shape, spec.dtype)
+    g, extra = _abstract_arguments(prep.resolved, output, tuple(spec.shape))
     closed = jax.make_jaxpr(g)(spec, *extra)
     jaxpr = closed.jaxpr
     if len(jaxpr.outvars) != 1:
@@ -463,7 +466,7 @@ def trf(fn: Callable[[Any], Any], x: Any, *, output: Any = None) -> TRF:
         trf_obj, size=tuple(f[0] for f in forms), stride=tuple(f[1] for f in forms),
         padding=tuple(f[2] for f in forms), is_global=tuple(a in glob for a in range(k)),
         aligned=all(f[3] for f in forms), aligned_axes=tuple(f[3] for f in forms),
-        layers=tuple(_layer_rows(rows, in_sp, jaxpr)))
+        layers=tuple(_layer_rows(rows, in_sp, jaxpr, prep.channel_axis)))
 
 
 # -------------------------------------------------------------------------------- the batch axis
@@ -631,15 +634,20 @@ def _distinct_rows(arrays: list[np.ndarray]):
 # -------------------------------------------------------------------------------- the table
 
 
-def _layer_rows(rows: list[Row], in_sp: tuple[int, ...], jaxpr) -> list[LayerRF]:
+def _layer_rows(rows: list[Row], in_sp: tuple[int, ...], jaxpr,
+                channel_axis: int | None = None) -> list[LayerRF]:
     """One :class:`LayerRF` per recorded row. A row is dropped only when the previous row has
     the same layer name, shape and field (e.g. a softmax's reductions inside one attention
-    module): every named layer keeps its row, whatever its field."""
+    module): every named layer keeps its row, whatever its field. ``channel_axis``: the
+    channel axis of the model's own layout, for rows of the input's rank (NCHW feature maps
+    of a torch model); other rows have their channels last."""
     out: list[LayerRF] = []
     prev = None
     sources = _user_sources(rows, jaxpr)
     for r, source in zip(rows, sources, strict=True):
-        forms = [_var_summary(r.info, a, r.shape, in_sp[a - 1])
+        cax = channel_axis if (channel_axis is not None
+                               and len(r.shape) == len(in_sp) + 2) else None
+        forms = [_var_summary(r.info, a, r.shape, in_sp[a - 1], cax)
                  for a in range(1, len(in_sp) + 1)]
         name = r.name
         if "/" not in name:  # not inside a submodule (e.g. a pooling call): say where
@@ -657,17 +665,19 @@ def _layer_rows(rows: list[Row], in_sp: tuple[int, ...], jaxpr) -> list[LayerRF]
     return out
 
 
-def _var_summary(info: Info, a: int, shape, n: int):
+def _var_summary(info: Info, a: int, shape, n: int, channel_axis: int | None = None):
     """``(size, stride, padding, aligned, is_global)`` of one layer's output on input axis
-    ``a``: :func:`_axis_form` over its positions (a position = all channels, the last axis);
-    global when every position's interval covers the axis and does not move."""
+    ``a``: :func:`_axis_form` over its positions (a position = all channels, the last axis or
+    ``channel_axis``); global when every position's interval covers the axis and does not
+    move."""
     nd = len(shape)
     L = bshape(np.asarray(info.lo[a], dtype=float), nd)
     H = bshape(np.asarray(info.hi[a], dtype=float), nd)
     slopes = np.asarray(info.slope[a], dtype=float)
     if nd >= 2:  # compact arrays: size 1 along the axes they do not vary on
-        L, H = L.min(axis=-1), H.max(axis=-1)
-        slopes = slopes[:-1] if slopes.size == nd else np.zeros(nd - 1)
+        c = nd - 1 if channel_axis is None else channel_axis
+        L, H = L.min(axis=c), H.max(axis=c)
+        slopes = np.delete(slopes, c) if slopes.size == nd else np.zeros(nd - 1)
     L, H = np.broadcast_arrays(L, H)
     size, stride, padding, aligned = _axis_form(L, H, slopes)
     if aligned and stride == 0 and _covers(L, H, n):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rfjax.engine import constants, known
+from rfjax.engine import constants, known, known_structure
 from rfjax.engine.cone_ir import Unsupported, is_dependent
 from rfjax.engine.fields import INF, Info, bshape, combine, estimate_slopes, materialize
 from rfjax.engine.records import ConeRule, PrimitiveRule
@@ -191,7 +191,7 @@ def dot_general_rule(eqn, infos, env, ctx, prefix):
     rhs_shape = tuple(eqn.invars[1].aval.shape)
     out_shape = tuple(eqn.outvars[0].aval.shape)
     nl, nr, no = len(lhs_shape), len(rhs_shape), len(out_shape)
-    ls, rs, os_ = known.dot_subscripts(eqn.params["dimension_numbers"], nl, nr)
+    ls, rs, os_ = known_structure.dot_subscripts(eqn.params["dimension_numbers"], nl, nr)
     lhs_i, rhs_i = infos
     # The zero pattern of an operand fixed by the program (e.g. resize's interpolation matrix,
     # a closed-over band matrix) is architecture; a weight's is not. So are the known zeros of

@@ -1,0 +1,357 @@
+"""PyTorch modules as JAX functions: ``torch.export`` traces the module in evaluation mode, and
+its ATen graph is lowered to JAX with :data:`rfjax.adapters.pytorch_ops.ATEN`.
+
+:func:`from_torch` gives ``(fn, x)``: ``fn(params, x)``-style JAX callable (a
+``functools.partial`` over the module's current weights, which stay arrays: jit arguments for
+the ERF, abstract parameters for the TRF) and the example as a NumPy array, both in PyTorch's
+layout (``NCHW``). Every ATen call runs inside ``jax.named_scope(<module path>)``, so the
+rows of :meth:`rfjax.TRF.table` carry the module names (``layer1.0.conv1``).
+
+The exported program is cached per module (weakly: it never keeps a module alive) and input
+shape; the weights are read again at every call, so a module trained in between is seen as
+it is now. Floating-point parameters and buffers (batch-norm statistics) are parameters;
+integer buffers (Swin's relative position index) and constant tensors are architecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import operator
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rfjax.adapters.pytorch_ops import UnsupportedOperatorError, lookup
+
+__all__ = ["Program", "UnsupportedOperatorError", "from_torch", "is_torch_module", "program"]
+
+#: View operators whose mutation writes through to their base (in-place on a slice).
+_VIEWS = {"slice", "select", "alias", "view", "reshape", "_unsafe_view", "unsqueeze",
+          "squeeze", "flatten", "permute", "transpose", "t", "contiguous"}
+
+
+def is_torch_module(obj: Any) -> bool:
+    """Whether ``obj`` is a ``torch.nn.Module`` (without importing torch when it is not)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - only reached with a torch object
+        raise ImportError("PyTorch models need torch: pip install 'rfjax[torch]'") from e
+    return torch
+
+
+def example_tensor(x: Any):
+    """A float32 torch tensor of the example's shape (a tensor, an array or a shape)."""
+    torch = _torch()
+    if isinstance(x, torch.Tensor):
+        return torch.zeros(tuple(x.shape), dtype=x.dtype if x.is_floating_point()
+                           else torch.float32)
+    if isinstance(x, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in x):
+        return torch.zeros(tuple(int(d) for d in x))
+    if hasattr(x, "shape"):
+        return torch.zeros(tuple(x.shape))
+    raise TypeError(f"the example for a torch module must be a tensor, an array or a shape "
+                    f"tuple; got {type(x).__name__}")
+
+
+def to_numpy(x: Any):
+    """A torch tensor as a NumPy array (other arrays pass through)."""
+    torch = _torch() if type(x).__module__.startswith("torch") else None
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return x
+
+
+@dataclasses.dataclass(eq=False)
+class Program:
+    """One exported module at one input shape, ready to run in JAX.
+
+    ``apply(params, x)``: the module's output (its pytree: a tensor, a tuple, a dict) for an
+    input ``x`` in the module's layout; ``params`` maps the names in :attr:`param_names` to
+    arrays. ``layer``: stop at that submodule's output (a dotted module path).
+    """
+
+    nodes: list
+    inputs: dict  # placeholder name -> ("param", name) | ("const", array) | ("input", None)
+    out_spec: Any
+    param_names: tuple[str, ...]
+    layer: str | None = None
+    layer_node: Any = None
+
+    def params(self, module) -> dict[str, jax.Array]:
+        """The module's current floating-point parameters and buffers."""
+        named = dict(module.named_parameters(remove_duplicate=False))
+        named.update(dict(module.named_buffers(remove_duplicate=False)))
+        return {n: jnp.asarray(named[n].detach().cpu().numpy()) for n in self.param_names}
+
+    def apply(self, params: dict, x):
+        env: dict = {}
+        views: dict = {}  # view node -> (base node, op name, args)
+
+        def value(a):
+            if hasattr(a, "op") and hasattr(a, "meta"):  # an fx Node
+                return env[a]
+            if isinstance(a, (list, tuple)):
+                return type(a)(value(v) for v in a)
+            if isinstance(a, dict):
+                return {k: value(v) for k, v in a.items()}
+            if type(a).__name__ == "dtype" and type(a).__module__ == "torch":
+                return a
+            return a
+
+        for node in self.nodes:
+            if node.op == "placeholder":
+                kind, v = self.inputs[node.name]
+                env[node] = x if kind == "input" else (params[v] if kind == "param" else v)
+            elif node.op == "call_function":
+                self._call(node, env, views, value)
+                if node is self.layer_node:
+                    return env[node]
+            elif node.op == "output":
+                outs = value(node.args[0])
+                return _unflatten(list(outs), self.out_spec)
+        raise RuntimeError("the exported program has no output")  # pragma: no cover
+
+    def _call(self, node, env, views, value):
+        if node.target is operator.getitem:
+            seq, i = value(node.args[0]), node.args[1]
+            env[node] = seq[i]
+            return
+        name, overload = _op_name(node.target)
+        if name.startswith("_assert") or name in ("sym_constrain_range_for_size",):
+            env[node] = None
+            return
+        fn = lookup(name, overload)
+        if fn is None:
+            raise UnsupportedOperatorError(
+                f"rfjax has no JAX lowering for the PyTorch operator aten.{name}.{overload} "
+                f"(in module {_scope(node) or '<top>'}). Open an issue with the operator, or "
+                "express it with supported operators")
+        args, kwargs = value(node.args), value(node.kwargs)
+        with jax.named_scope(_scope_name(node)):
+            try:
+                out = fn(*args, **kwargs)
+            except UnsupportedOperatorError as e:
+                raise UnsupportedOperatorError(f"{e} (in module {_scope(node)})") from None
+        env[node] = out
+        if name in _VIEWS and node.args and _is_node(node.args[0]):
+            views[node] = (node.args[0], name, node.args[1:])
+        if _mutates(node.target) and node.args and _is_node(node.args[0]):
+            _write_back(node.args[0], out, env, views)
+
+
+def _is_node(a) -> bool:
+    return hasattr(a, "op") and hasattr(a, "meta")
+
+
+def _op_name(target) -> tuple[str, str]:
+    """``("conv2d", "default")`` of ``aten.conv2d.default``."""
+    schema = getattr(target, "_schema", None)
+    overload = getattr(target, "_overloadname", "default") or "default"
+    if schema is not None:
+        return schema.name.split("::")[-1], overload
+    return str(target).split(".")[-2 if str(target).count(".") >= 2 else -1], overload
+
+
+def _mutates(target) -> bool:
+    schema = getattr(target, "_schema", None)
+    return bool(schema is not None and schema.arguments and schema.arguments[0].alias_info
+                and schema.arguments[0].alias_info.is_write)
+
+
+def _write_back(target_node, new, env, views) -> None:
+    """An in-place operator wrote ``new`` into ``target_node``: rebind it, and its base
+    through the chain of views it was taken from."""
+    env[target_node] = new
+    while target_node in views:
+        base, op, args = views[target_node]
+        old = env[base]
+        if op in ("slice",):
+            dim, start, end, step = (list(args) + [0, None, None, 1][len(args):])[:4]
+            d = dim + old.ndim if dim < 0 else dim
+            n = old.shape[d]
+            start = 0 if start is None else (start + n if start < 0 else min(start, n))
+            end = n if end is None else (end + n if end < 0 else min(end, n))
+            new = old.at[(slice(None),) * d + (slice(start, end, step),)].set(new)
+        elif op == "select":
+            dim, i = args
+            new = old.at[(slice(None),) * (dim + old.ndim if dim < 0 else dim) + (i,)].set(new)
+        elif op in ("permute",):
+            new = jnp.transpose(new, np.argsort(args[0]))
+        elif op in ("transpose",):
+            new = jnp.swapaxes(new, args[0], args[1])
+        elif op == "t":
+            new = new.T
+        else:  # alias, view, reshape, (un)squeeze, flatten, contiguous: same elements
+            new = new.reshape(old.shape)
+        env[base] = new
+        target_node = base
+
+
+def _scope(node) -> str:
+    """The dotted path of the submodule that ran ``node`` (``""``: the top module)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    return list(stack.values())[-1][0]
+
+
+def _scope_name(node) -> str:
+    """``"ResNet/layer1.0.conv1"``: the top module's class, then the submodule path (the
+    name of the table rows)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return "model"
+    top = str(list(stack.values())[0][1]).rsplit(".", 1)[-1]
+    path = _scope(node)
+    return f"{top}/{path}" if path else top
+
+
+def _unflatten(leaves, spec):
+    if spec is None:
+        return leaves[0] if len(leaves) == 1 else tuple(leaves)
+    from torch.utils import _pytree
+
+    return _pytree.tree_unflatten(leaves, spec)
+
+
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def program(module, example, layer: str | None = None) -> Program:
+    """The :class:`Program` of ``module`` at ``example``'s shape (cached per module)."""
+    x = example_tensor(example)
+    key = (tuple(x.shape), str(x.dtype), layer)
+    per = _PROGRAMS.setdefault(module, {})
+    if key not in per:
+        per[key] = _build(module, x, layer)
+    return per[key]
+
+
+def _build(module, x, layer: str | None) -> Program:
+    torch = _torch()
+    was_training = module.training
+    module.eval()  # evaluation mode for the analysis; the user's mode is restored
+    try:
+        with torch.no_grad():
+            try:
+                ep = torch.export.export(module, (x,))
+            except Exception as e:
+                raise RuntimeError(
+                    f"torch.export could not trace {type(module).__name__} at input shape "
+                    f"{tuple(x.shape)}: {type(e).__name__}: {str(e)[:400]}. rfjax needs a "
+                    "module that torch.export can trace (no data-dependent Python control "
+                    "flow)") from e
+    finally:
+        module.train(was_training)
+    prog = _lower(ep, layer)
+    try:
+        _check(prog)
+    except _NeedsFunctional:
+        prog = _lower(ep.run_decompositions({}), layer)
+        _check(prog)
+    return prog
+
+
+class _NeedsFunctional(Exception):
+    pass
+
+
+def _check(prog: Program) -> None:
+    """Fail early on an operator without a lowering; ask for functionalisation where a view
+    that cannot be written back through is mutated."""
+    for node in prog.nodes:
+        if node.op != "call_function" or node.target is operator.getitem:
+            continue
+        name, overload = _op_name(node.target)
+        if name.startswith("_assert"):
+            continue
+        if lookup(name, overload) is None:
+            raise UnsupportedOperatorError(
+                f"rfjax has no JAX lowering for the PyTorch operator aten.{name}.{overload} "
+                f"(in module {_scope(node) or '<top>'}). Open an issue with the operator, or "
+                "express it with supported operators")
+        if _mutates(node.target) and node.args and _is_node(node.args[0]):
+            src = node.args[0]
+            if src.op == "call_function" and src.target is not operator.getitem:
+                sname = _op_name(src.target)[0]
+                if sname in ("expand", "as_strided", "diagonal", "unfold"):
+                    raise _NeedsFunctional
+
+
+def _lower(ep, layer: str | None) -> Program:
+    torch = _torch()
+    from torch.export.graph_signature import InputKind
+
+    state = ep.state_dict
+    consts = ep.constants
+    inputs: dict = {}
+    params = []
+    for spec in ep.graph_signature.input_specs:
+        name = spec.arg.name
+        if spec.kind == InputKind.USER_INPUT:
+            inputs[name] = ("input", None)
+            continue
+        t = state.get(spec.target) if spec.target in state else consts.get(spec.target)
+        if t is None:
+            raise RuntimeError(f"exported input {spec.target} has no value")  # pragma: no cover
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and spec.kind in (
+                InputKind.PARAMETER, InputKind.BUFFER) and spec.target in state:
+            inputs[name] = ("param", spec.target)
+            params.append(spec.target)
+        else:
+            arr = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+            if arr.dtype == np.int64:
+                arr = arr.astype(np.int32)
+            inputs[name] = ("const", arr)
+    nodes = list(ep.graph.nodes)
+    layer_node = None
+    if layer is not None:
+        inside = [n for n in nodes if n.op == "call_function"
+                  and (_scope(n) == layer or _scope(n).startswith(layer + "."))]
+        if not inside:
+            paths = sorted({_scope(n).split(".")[0] for n in nodes if _scope(n)})
+            raise ValueError(f"layer {layer!r} is not a submodule that computes anything; "
+                             f"top-level modules: {paths}")
+        layer_node = inside[-1]
+    out_spec = None
+    try:
+        out_spec = ep.call_spec.out_spec
+    except AttributeError:  # pragma: no cover - older torch
+        pass
+    return Program(nodes, inputs, out_spec, tuple(params), layer, layer_node)
+
+
+def from_torch(module, example, *, layer: str | None = None) -> tuple[Callable, np.ndarray]:
+    """A PyTorch module as a JAX function: ``(fn, x)``.
+
+    Args:
+      module: a ``torch.nn.Module`` taking one input tensor (``N, C, *spatial``).
+      example: an example input (a tensor, an array or a shape tuple); its shape fixes the
+        exported program.
+      layer: a submodule path (``"layer3"``, ``"features.denseblock2"``): ``fn`` returns that
+        submodule's output instead of the module's.
+
+    Returns:
+      ``fn``: a ``functools.partial`` of the exported program over the module's current
+      weights (JAX arrays), ``fn(x) -> output`` in PyTorch's layout, evaluation mode; ``x``:
+      the example as a float32 NumPy array.
+    """
+    prog = program(module, example, layer)
+    x = example_tensor(example)
+    if hasattr(example, "shape") and not isinstance(example, tuple):
+        x_np = np.asarray(to_numpy(example), dtype=np.float32)
+    else:
+        x_np = np.zeros(tuple(x.shape), np.float32)
+    return functools.partial(prog.apply, prog.params(module)), x_np
