@@ -71,7 +71,8 @@ def _framework(fn: Any) -> str:
     if keras is not None and isinstance(fn, keras.Layer):
         return "keras"
     if (isinstance(fn, tuple) and len(fn) in (2, 3) and hasattr(fn[0], "init")
-            and hasattr(fn[0], "apply") and _module_of(fn, "haiku") is not None):
+            and hasattr(fn[0], "apply") and _module_of(fn, "haiku") is not None
+            and type(fn[0]).__module__.partition(".")[0] == "haiku"):  # not (flax module, p)
         return "haiku"
     eqx = _module_of(fn, "equinox")
     if eqx is not None and isinstance(fn, eqx.Module) and not isinstance(fn, eqx.Partial):
