@@ -4,13 +4,15 @@ The public API is listed in ``__all__``; everything else is internal. ``rfjax.tr
 ``rfjax.erf`` are the functions; their modules are ``rfjax.theoretical`` and
 ``rfjax.effective``. Submodules: ``rfjax.metrics`` (ERF size, Gaussian fit, ratios,
 ``summary``), ``rfjax.theory`` (the paper's closed forms), ``rfjax.calculator`` (the textbook
-recurrences), ``rfjax.models`` (Flax reference models and the built-in registry),
+recurrences), ``rfjax.adapters`` (PyTorch, Keras, Haiku and Equinox models, input
+layouts), ``rfjax.models`` (Flax reference models and the built-in registry),
 ``rfjax.data`` (CIFAR-10 / CamVid through TFDS, without TensorFlow), ``rfjax.train`` (optax
 training with orbax checkpoints), ``rfjax.experiments`` and ``rfjax.plot`` (the paper's
 figures). ``ARCHITECTURE.md`` says where each piece of code lives.
 """
 
 from rfjax import metrics, theory
+from rfjax.adapters import LayoutWarning, clear_cache, from_haiku, from_keras, from_torch
 from rfjax.calculator import (
     CalculatorResult,
     LayerSpec,
@@ -18,7 +20,6 @@ from rfjax.calculator import (
     receptive_interval,
     receptive_size,
 )
-from rfjax.callables import clear_cache
 from rfjax.effective import (
     ERF,
     InputTypeError,
@@ -48,6 +49,7 @@ __all__ = [
     "DynamicDependencyError",
     "InputTypeError",
     "LayerRF",
+    "LayoutWarning",
     "LayerSpec",
     "NoiseMapWarning",
     "TRFError",
@@ -57,6 +59,9 @@ __all__ = [
     "erf_intermediate",
     "erf_merge",
     "erf_weight_draws",
+    "from_haiku",
+    "from_keras",
+    "from_torch",
     "metrics",
     "receptive_field",
     "receptive_interval",

@@ -32,7 +32,20 @@ from rfjax import callables
 from rfjax.adapters import layout
 from rfjax.adapters.layout import LayoutWarning
 
-__all__ = ["LayoutWarning", "Prepared", "from_haiku", "from_keras", "from_torch", "prepare"]
+__all__ = ["LayoutWarning", "Prepared", "clear_cache", "from_haiku", "from_keras", "from_torch",
+           "prepare"]
+
+
+def clear_cache() -> None:
+    """Drop every cached jaxpr, crop plan and compiled function (jax's own caches stay), the
+    TRF engine's compiled constant programs and the exported torch / Keras / Haiku programs."""
+    callables.clear_cache()
+    for name in ("pytorch", "keras_models", "haiku_models"):
+        mod = sys.modules.get(f"rfjax.adapters.{name}")
+        for table in ("_FUNCTIONS", "_PROGRAMS"):
+            cache = getattr(mod, table, None)
+            if cache is not None:
+                cache.clear()
 
 
 @dataclasses.dataclass(frozen=True)

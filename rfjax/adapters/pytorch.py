@@ -5,12 +5,13 @@ its ATen graph is lowered to JAX with :data:`rfjax.adapters.pytorch_ops.ATEN`.
 ``functools.partial`` over the module's current weights, which stay arrays: jit arguments for
 the ERF, abstract parameters for the TRF) and the example as a NumPy array, both in PyTorch's
 layout (``NCHW``). Every ATen call runs inside ``jax.named_scope(<module path>)``, so the
-rows of :meth:`rfjax.TRF.table` carry the module names (``layer1.0.conv1``).
+rows of :meth:`rfjax.TRF.table` carry the module names (``ResNet/layer1.0.conv1``).
 
 The exported program is cached per module (weakly: it never keeps a module alive) and input
-shape; the weights are read again at every call, so a module trained in between is seen as
-it is now. Floating-point parameters and buffers (batch-norm statistics) are parameters;
-integer buffers (Swin's relative position index) and constant tensors are architecture.
+shape (one export per batch size the function is called with); the weights are read again at
+every call, so a module trained in between is seen as it is now. Floating-point parameters
+and buffers (batch-norm statistics) are parameters; integer buffers (Swin's relative position
+index) and constant tensors are architecture.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import numpy as np
 
 from rfjax.adapters.pytorch_ops import UnsupportedOperatorError, lookup
 
-__all__ = ["Program", "UnsupportedOperatorError", "from_torch", "is_torch_module", "program"]
+__all__ = ["Program", "TorchFunction", "UnsupportedOperatorError", "from_torch",
+           "is_torch_module", "program", "torch_function"]
 
 #: View operators whose mutation writes through to their base (in-place on a slice).
 _VIEWS = {"slice", "select", "alias", "view", "reshape", "_unsafe_view", "unsqueeze",
@@ -226,17 +228,46 @@ def _unflatten(leaves, spec):
     return _pytree.tree_unflatten(leaves, spec)
 
 
-_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+@dataclasses.dataclass(eq=False)
+class TorchFunction:
+    """A module as a JAX function of any input shape: ``apply(params, x)`` runs the
+    :class:`Program` exported at ``x``'s shape (exported on first use: the ERF calls it with
+    one image and with whole chunks). Holds the module weakly."""
+
+    module_ref: Any
+    layer: str | None
+    programs: dict = dataclasses.field(default_factory=dict)
+
+    def program(self, shape: tuple[int, ...], dtype: str = "float32") -> Program:
+        key = (tuple(int(d) for d in shape), str(dtype))
+        if key not in self.programs:
+            module = self.module_ref()
+            if module is None:  # pragma: no cover - the cache dies with the module
+                raise RuntimeError("the torch module of this function was garbage-collected")
+            torch = _torch()
+            x = torch.zeros(key[0], dtype=getattr(torch, key[1], torch.float32))
+            self.programs[key] = _build(module, x, self.layer)
+        return self.programs[key]
+
+    def apply(self, params: dict, x):
+        return self.program(tuple(x.shape), str(x.dtype)).apply(params, x)
+
+
+_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def torch_function(module, layer: str | None = None) -> TorchFunction:
+    """The :class:`TorchFunction` of ``module`` (cached per module and layer)."""
+    per = _FUNCTIONS.setdefault(module, {})
+    if layer not in per:
+        per[layer] = TorchFunction(weakref.ref(module), layer)
+    return per[layer]
 
 
 def program(module, example, layer: str | None = None) -> Program:
     """The :class:`Program` of ``module`` at ``example``'s shape (cached per module)."""
     x = example_tensor(example)
-    key = (tuple(x.shape), str(x.dtype), layer)
-    per = _PROGRAMS.setdefault(module, {})
-    if key not in per:
-        per[key] = _build(module, x, layer)
-    return per[key]
+    return torch_function(module, layer).program(tuple(x.shape), str(x.dtype).split(".")[-1])
 
 
 def _build(module, x, layer: str | None) -> Program:
@@ -349,9 +380,9 @@ def from_torch(module, example, *, layer: str | None = None) -> tuple[Callable, 
       the example as a float32 NumPy array.
     """
     prog = program(module, example, layer)
-    x = example_tensor(example)
+    fun = torch_function(module, layer)
     if hasattr(example, "shape") and not isinstance(example, tuple):
         x_np = np.asarray(to_numpy(example), dtype=np.float32)
     else:
-        x_np = np.zeros(tuple(x.shape), np.float32)
-    return functools.partial(prog.apply, prog.params(module)), x_np
+        x_np = np.zeros(tuple(example_tensor(example).shape), np.float32)
+    return functools.partial(fun.apply, prog.params(module)), x_np

@@ -1,0 +1,257 @@
+"""PyTorch models through rfjax's front door, checked against PyTorch's own autograd.
+
+The TRF oracle never uses JAX: the support of the float64 PyTorch gradient of a unit's channel
+sum in a *surrogate* of the same module (activations replaced by the identity, max-pooling by
+average pooling, weights made positive: no gradient can cancel or vanish), at corner, edge and
+centre units. The ERF oracle is PyTorch autograd on the module itself, same weights.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import rfjax  # noqa: E402
+from rfjax.adapters import pytorch as rt  # noqa: E402
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+                nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh)
+
+
+def surrogate(module):
+    """float64 copy: activations -> identity, max-pool -> average pool, positive weights and
+    batch-norm statistics that keep positive values positive (mean 0), so that on a positive
+    input every value is positive and functional activations (``F.relu``) pass gradients."""
+    m = copy.deepcopy(module).double().eval()
+    for _, sub in list(m.named_modules()):
+        for cname, child in list(sub.named_children()):
+            if isinstance(child, _ACTIVATIONS):
+                setattr(sub, cname, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d):
+                setattr(sub, cname, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                 ceil_mode=child.ceil_mode))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(p.abs() + 0.05)
+        for b_name, b in m.named_buffers():
+            if b.is_floating_point():
+                b.copy_(b.abs() * 0 if b_name.endswith("running_mean") else b.abs() + 0.5)
+    return m
+
+
+def select(out, output):
+    if output is None:
+        return out
+    return out[output]
+
+
+def run(module, x, output=None, layer=None):
+    """``module(x)``, or the output of its submodule ``layer`` (a forward hook)."""
+    if layer is None:
+        return select(module(x), output)
+    seen = {}
+    hook = dict(module.named_modules())[layer].register_forward_hook(
+        lambda mod, i, o: seen.__setitem__("out", o))
+    try:
+        module(x)
+    finally:
+        hook.remove()
+    return seen["out"]
+
+
+def grad_support(module, shape, unit, output=None, layer=None, seeds=(0, 1)):
+    """(H, W) boolean: where d(sum_c out[0, c, unit]) / dx != 0 in the surrogate, float64."""
+    m = surrogate(module)
+    sup = np.zeros(shape[2:], bool)
+    for s in seeds:
+        x = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+        x = (x + 0.1).requires_grad_(True)
+        y = run(m, x, output, layer)
+        y[(0, slice(None)) + tuple(unit)].sum().backward()
+        sup |= (x.grad[0] != 0).any(dim=0).numpy()
+    return sup
+
+
+def torch_erf(module, x, unit, output=None, layer=None):
+    """The paper's ERF with PyTorch autograd: mean over images of sum_c |d s_n / d x_n|."""
+    module = module.eval()
+    x = x.clone().requires_grad_(True)
+    y = run(module, x, output, layer)
+    y[(slice(None), slice(None)) + tuple(unit)].sum().backward()
+    return x.grad.abs().sum(dim=1).mean(dim=0).numpy()
+
+
+class Zoo(nn.Module):
+    """Many operators at once: strided, dilated and grouped convs, BN, max-pool with ceil
+    mode, average pool without padding counts, a transposed conv, bilinear upsampling,
+    F.pad, a skip concatenation, an SE-style gate on a side branch and a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)
+        self.dil = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4)
+        self.avg = nn.AvgPool2d(3, 1, padding=1, count_include_pad=False)
+        self.up = nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1)
+        self.gate = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(16, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.stem(x)))
+        p = self.pool(h)
+        p = p + F.gelu(self.dil(p))
+        p = self.avg(p)
+        u = self.up(p)
+        u = F.interpolate(u, size=h.shape[-2:], mode="bilinear", align_corners=False)
+        u = F.pad(u, (1, 0, 0, 1))[:, :, 1:, :-1]
+        s = torch.sigmoid(self.gate(u.mean((2, 3), keepdim=True)))
+        return self.head(torch.cat([h, u * s], dim=1))
+
+
+def _units(shape):
+    H, W = shape
+    return [(0, 0), (0, W // 2), (H // 2, W // 2), (H - 1, W - 1), (H // 3, W - 1)]
+
+
+def _check_masks(module, shape, output=None, layer=None):
+    torch.manual_seed(0)
+    t = rfjax.trf(module, shape, output=output, layer=layer)
+    for u in _units(t.output_shape):
+        want = grad_support(module, shape, u, output, layer)
+        got = t.mask(u)
+        assert got.shape == want.shape
+        assert (got == want).all(), (u, np.argwhere(got != want)[:5])
+    return t
+
+
+def test_masks_equal_pytorch_gradient_support_on_many_operators():
+    torch.manual_seed(0)
+    _check_masks(Zoo(), (1, 3, 29, 26))
+
+
+def test_torchvision_resnet18_masks_and_known_field():
+    tv = pytest.importorskip("torchvision")
+    m = tv.models.resnet18()
+    t = _check_masks(m, (1, 3, 64, 64), layer="layer3")
+    assert (t.size, t.stride) == ((211, 211), (16, 16))  # 435 at layer4, 211 at layer3
+    t4 = rfjax.trf(m, (1, 3, 224, 224), layer="layer4")
+    assert (t4.size, t4.stride, t4.padding, t4.aligned) == ((435, 435), (32, 32), (217, 217),
+                                                            True)
+
+
+def test_erf_equals_pytorch_autograd():
+    torch.manual_seed(1)
+    m = Zoo().eval()
+    x = torch.randn(5, 3, 29, 26)
+    for unit in [(7, 6), (0, 12)]:
+        want = torch_erf(m, x, unit)
+        for crop in ("none", "auto"):
+            got = np.asarray(rfjax.erf(m, x, unit=unit, crop=crop).map)
+            np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5 * want.max())
+
+
+def test_erf_of_a_torchvision_model_with_a_dict_output_and_a_layer():
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(2)
+    m = tv.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None,
+                                            num_classes=3, aux_loss=False).eval()
+    x = torch.randn(2, 3, 48, 40)
+    want = torch_erf(m, x, (24, 20), output="out")
+    got = np.asarray(rfjax.erf(m, x, unit=(24, 20), output="out").map)
+    np.testing.assert_allclose(got, want, rtol=5e-4, atol=5e-5 * want.max())
+    # an inner layer by its module path: the backbone's layer2 output (stride 8)
+    want2 = torch_erf(m, x, (3, 2), layer="backbone.layer2")
+    got2 = np.asarray(rfjax.erf(m, x, unit=(3, 2), layer="backbone.layer2").map)
+    np.testing.assert_allclose(got2, want2, rtol=5e-4, atol=5e-5 * want2.max())
+
+
+def test_vit_tokens_map_back_to_the_patch_grid():
+    timm = pytest.importorskip("timm")
+    m = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=0,
+                          global_pool="")
+    t = rfjax.trf(m, (1, 3, 32, 32), grid=(4, 4), prefix_tokens=1)
+    assert t.output_shape == (4, 4) and t.is_global == (True, True)
+    # before the first attention block a patch token sees its own 8x8 patch only
+    tp = rfjax.trf(m, (1, 3, 32, 32), layer="patch_embed", grid=(4, 4))
+    assert (tp.size, tp.stride, tp.padding) == ((8, 8), (8, 8), (0, 0))
+    assert tp.region((1, 2)) == ((8, 15), (16, 23))
+    # the final LayerNorm makes the channel sum constant (its ERF is noise): one channel
+    e = rfjax.erf(m, torch.randn(2, 3, 32, 32), unit=(1, 2), grid=(4, 4), prefix_tokens=1,
+                  channels=0)
+    assert e.map.shape == (32, 32) and not e.noise
+    assert float(e.map.min()) > 0  # attention reaches every pixel
+
+
+def test_table_rows_carry_module_paths():
+    t = rfjax.trf(Zoo(), (1, 3, 29, 26))
+    names = [r.name for r in t.layers]
+    assert "Zoo/stem" in names and "Zoo/head" in names and "Zoo/up" in names
+    assert "Zoo/head" in t.table()
+
+
+def test_train_mode_is_restored_and_dropout_is_the_identity():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Dropout(0.5), nn.Conv2d(4, 2, 3))
+    m.train()
+    t = rfjax.trf(m, (1, 3, 12, 12))
+    assert m.training and all(c.training for c in m.children())
+    assert (t.size, t.stride, t.padding) == ((5, 5), (1, 1), (1, 1))
+    x = torch.randn(3, 3, 12, 12)
+    e = rfjax.erf(m, x, unit=(4, 4))
+    assert m.training
+    np.testing.assert_allclose(np.asarray(e.map), torch_erf(copy.deepcopy(m), x, (4, 4)),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_from_torch_matches_the_module_and_reads_current_weights():
+    torch.manual_seed(3)
+    m = Zoo().eval()
+    x = torch.randn(2, 3, 29, 26)
+    fn, xn = rfjax.from_torch(m, x)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    np.testing.assert_allclose(np.asarray(fn(xn)), ref, rtol=1e-4, atol=1e-5)
+    assert isinstance(xn, np.ndarray) and xn.shape == (2, 3, 29, 26)
+    with torch.no_grad():  # trained in between: the next call sees the new weights
+        m.head.weight.mul_(2.0)
+        m.head.bias.zero_()
+        ref2 = m(x).numpy()
+    fn2, _ = rfjax.from_torch(m, x)
+    np.testing.assert_allclose(np.asarray(fn2(xn)), ref2, rtol=1e-4, atol=1e-5)
+
+
+def test_in_place_writes_through_slices():
+    class Masked(nn.Module):
+        def forward(self, x):
+            m = x.new_zeros(x.shape[-2:])
+            m[2:5, :] = 1.0  # in place on a view of a fresh tensor (Swin's attention mask)
+            return x * m
+
+    t = rfjax.trf(Masked(), (1, 1, 8, 8))
+    assert t.mask((3, 3)).sum() == 1 and t.mask((0, 0)).sum() == 0
+
+
+def test_unsupported_operator_and_bad_layer_errors():
+    class Odd(nn.Module):
+        def forward(self, x):
+            return torch.fft.fft2(x).real
+
+    with pytest.raises(rt.UnsupportedOperatorError, match="fft"):
+        rfjax.trf(Odd(), (1, 1, 8, 8))
+    with pytest.raises(ValueError, match="layer 'nope'"):
+        rfjax.trf(Zoo(), (1, 3, 16, 16), layer="nope")
+
+
+def test_no_retrace_on_second_erf_call():
+    m = Zoo().eval()
+    x = torch.randn(2, 3, 29, 26)
+    rfjax.erf(m, x, unit=(5, 5))
+    entries = rfjax.callables.cache_size()
+    prog = rt.program(m, (2, 3, 29, 26))
+    assert rt.program(m, (2, 3, 29, 26)) is prog  # the export is cached per module and shape
+    rfjax.erf(m, x, unit=(5, 5))
+    assert rfjax.callables.cache_size() == entries
