@@ -255,3 +255,51 @@ def test_no_retrace_on_second_erf_call():
     assert rt.program(m, (2, 3, 29, 26)) is prog  # the export is cached per module and shape
     rfjax.erf(m, x, unit=(5, 5))
     assert rfjax.callables.cache_size() == entries
+
+
+def test_erf_of_a_model_trained_saved_and_loaded_on_real_cifar(tmp_path):
+    """A small CNN trained with PyTorch on real CIFAR-10 images, saved and loaded as a user
+    would: rfjax's ERF on real test images is PyTorch autograd's, and training changed it."""
+    import pickle
+    from pathlib import Path
+
+    raw = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / \
+        "cifar-10-batches-py"
+    if not raw.is_dir():
+        pytest.skip(f"real data not available at {raw}")
+    with open(raw / "data_batch_1", "rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    with open(raw / "test_batch", "rb") as f:
+        t = pickle.load(f, encoding="bytes")
+
+    def images(b, n):
+        x = np.asarray(b[b"data"][:n], np.float32).reshape(n, 3, 32, 32) / 255.0
+        return torch.from_numpy((x - 0.5) / 0.25)
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                             nn.Conv2d(32, 10, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten())
+
+    x, y = images(d, 512), torch.as_tensor(d[b"labels"][:512])
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for step in range(60):
+        i = torch.arange(step * 64, step * 64 + 64) % 512
+        loss = F.cross_entropy(model(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save(model.state_dict(), tmp_path / "cnn.pth")
+    loaded = make()
+    loaded.load_state_dict(torch.load(tmp_path / "cnn.pth", map_location="cpu",
+                                      weights_only=True))
+    test = images(t, 16)
+    got = np.asarray(rfjax.erf(loaded, test, unit=(8, 8), layer="4").map)
+    want = torch_erf(loaded, test, (8, 8), layer="4")
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5 * want.max())
+    untrained = np.asarray(rfjax.erf(make(), test, unit=(8, 8), layer="4").map)
+    assert np.abs(untrained / untrained.sum() - got / got.sum()).max() > 1e-3
