@@ -268,3 +268,31 @@ def test_input_crop_matches_on_a_same_padded_strided_net_of_odd_size():
         assert r.crop == "input"
         np.testing.assert_allclose(np.asarray(r.map), np.asarray(full.map), rtol=1e-4,
                                    atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["highest", "default"])
+def test_crop_verification_tolerance_follows_the_precision(precision):
+    """A crop that changes the gradient by 1e-3 of its maximum (the size of TF32 rounding on a
+    GPU) is kept at a fast precision and rejected at ``"highest"``; a real error (the ramp of
+    the test above, of the order of the gradient) is caught at every precision."""
+    k = kernels(9, [(3, 3, 1, 1)])[0]
+
+    def ramp(scale):
+        def fn(v):
+            r = jnp.arange(v.shape[1], dtype=v.dtype)[None, :, None, None]
+            return conv(v, k) * (1.0 + scale * r)
+        return fn
+
+    x = jax.random.normal(jax.random.key(11), (2, 20, 20, 1))
+    tiny = ramp(1e-4)  # the input crop shifts the ramp by a few rows: ~1e-3 relative
+    if precision == "highest":
+        with pytest.warns(UserWarning, match="uncropped gradient is used"):
+            assert erf(tiny, x, crop="input", precision=precision).crop == "none"
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert erf(tiny, x, crop="input", precision=precision).crop == "input"
+    with pytest.warns(UserWarning, match="uncropped gradient is used"):
+        assert erf(ramp(1.0), x, crop="input", precision=precision).crop == "none"
+    with pytest.raises(ValueError, match="precision"):
+        erf(tiny, x, precision="tf32")
