@@ -1,5 +1,5 @@
 """PyTorch modules as JAX functions: ``torch.export`` traces the module in evaluation mode, and
-its ATen graph is lowered to JAX with :data:`rfjax.adapters.pytorch_ops.ATEN`.
+its ATen graph is lowered to JAX with :data:`rfjax.adapters.pytorch_table.ATEN`.
 
 :func:`from_torch` gives ``(fn, x)``: ``fn(params, x)``-style JAX callable (a
 ``functools.partial`` over the module's current weights, which stay arrays: jit arguments for
@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfjax.adapters.pytorch_ops import UnsupportedOperatorError, lookup
+from rfjax.adapters.pytorch_ops import UnsupportedOperatorError
+from rfjax.adapters.pytorch_table import lookup
 
 __all__ = ["Program", "TorchFunction", "UnsupportedOperatorError", "from_torch",
            "is_torch_module", "program", "torch_function"]

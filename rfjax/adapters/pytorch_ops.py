@@ -1,24 +1,21 @@
-"""ATen operators in JAX: the one table that :mod:`rfjax.adapters.pytorch` lowers an exported
-PyTorch program with.
-
-``ATEN`` maps an operator's name (``"conv2d"``, ``"add"``; overloads share an entry, in-place
-``op_`` forms use ``op``) to ``fn(*args, **kwargs)`` on ``jax.Array`` values, with PyTorch's
+"""ATen operators in JAX: ``fn(*args, **kwargs)`` on ``jax.Array`` values with PyTorch's
 argument order and defaults and PyTorch's layouts (``NCHW``, weights ``OIHW``). Every function
 computes what the operator computes in evaluation mode (dropout is the identity, batch norm
-uses its running statistics), in the dtype of its input.
+uses its running statistics), in the dtype of its input. The table that names them is
+:data:`rfjax.adapters.pytorch_table.ATEN`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["ATEN", "UnsupportedOperatorError"]
+__all__ = ["UnsupportedOperatorError"]
 
 
 class UnsupportedOperatorError(NotImplementedError):
@@ -628,84 +625,149 @@ def _scalar_tensor(v, *args, dtype=None, **kwargs):
     return jnp.asarray(v, jnp.float32 if dtype is None else _dtype(dtype))
 
 
-ATEN: dict[str, Callable] = {
-    # convolutions
-    "convolution": convolution, "_convolution": convolution,
-    "conv1d": conv_nd, "conv2d": conv_nd, "conv3d": conv_nd,
-    "conv_transpose1d": conv_transpose_nd, "conv_transpose2d": conv_transpose_nd,
-    "conv_transpose3d": conv_transpose_nd,
-    # normalisation
-    "batch_norm": batch_norm, "_native_batch_norm_legit_no_training": batch_norm_no_training,
-    "layer_norm": layer_norm, "native_layer_norm": native_layer_norm,
-    "group_norm": group_norm,
-    # pooling and resampling
-    "max_pool1d": max_pool(1), "max_pool2d": max_pool(2), "max_pool3d": max_pool(3),
-    "max_pool2d_with_indices": max_pool_with_indices(2),
-    "max_pool3d_with_indices": max_pool_with_indices(3),
-    "avg_pool1d": avg_pool(1), "avg_pool2d": avg_pool(2), "avg_pool3d": avg_pool(3),
-    "adaptive_avg_pool1d": adaptive_pool(1, jnp.mean),
-    "adaptive_avg_pool2d": adaptive_pool(2, jnp.mean),
-    "_adaptive_avg_pool2d": adaptive_pool(2, jnp.mean),
-    "adaptive_avg_pool3d": adaptive_pool(3, jnp.mean),
-    "adaptive_max_pool2d": adaptive_max_pool(2),
-    "upsample_nearest1d": upsample_nearest(1), "upsample_nearest2d": upsample_nearest(2),
-    "upsample_nearest3d": upsample_nearest(3),
-    "upsample_linear1d": upsample_linear(1), "upsample_bilinear2d": upsample_linear(2),
-    "upsample_trilinear3d": upsample_linear(3),
-    # activations
-    "relu": jax.nn.relu, "relu6": jax.nn.relu6, "gelu": gelu, "silu": jax.nn.silu,
-    "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "hardswish": jax.nn.hard_swish,
-    "hardsigmoid": jax.nn.hard_sigmoid, "hardtanh": _hardtanh, "mish": jax.nn.mish,
-    "leaky_relu": lambda x, s=0.01: jax.nn.leaky_relu(x, s), "elu": _elu,
-    "softplus": _softplus, "softmax": softmax, "_softmax": softmax,
-    "log_softmax": log_softmax, "_log_softmax": log_softmax,
-    "exp": jnp.exp, "log": jnp.log, "sqrt": jnp.sqrt, "rsqrt": lax.rsqrt, "neg": jnp.negative,
-    "abs": jnp.abs, "erf": jax.scipy.special.erf, "sin": jnp.sin, "cos": jnp.cos,
-    "reciprocal": jnp.reciprocal, "sign": jnp.sign, "floor": jnp.floor, "ceil": jnp.ceil,
-    "clamp": _clamp, "clip": _clamp, "clamp_min": lambda x, lo: jnp.maximum(x, lo),
-    "clamp_max": lambda x, hi: jnp.minimum(x, hi),
-    # arithmetic and comparisons
-    "add": add, "sub": sub, "rsub": rsub, "mul": jnp.multiply, "div": div, "pow": _pow,
-    "maximum": jnp.maximum, "minimum": jnp.minimum, "where": _where,
-    "eq": jnp.equal, "ne": jnp.not_equal, "lt": jnp.less, "le": jnp.less_equal,
-    "gt": jnp.greater, "ge": jnp.greater_equal, "logical_not": jnp.logical_not,
-    "logical_and": jnp.logical_and, "logical_or": jnp.logical_or,
-    "masked_fill": _masked_fill, "fill": _fill, "copy": _copy,
-    # reductions
-    "mean": _mean, "sum": _sum, "amax": _reduce(jnp.max), "amin": _reduce(jnp.min),
-    "max": max_dim, "max.other": jnp.maximum, "min.other": jnp.minimum,
-    "var": _reduce(jnp.var), "cumsum": _cumsum,
-    # contractions
-    "linear": linear, "addmm": addmm, "mm": _matmul, "bmm": _matmul, "matmul": _matmul,
-    "einsum": _einsum, "scaled_dot_product_attention": scaled_dot_product_attention,
-    # shapes and data movement
-    "flatten": flatten, "view": view, "reshape": view, "_unsafe_view": view,
-    "permute": permute, "transpose": _transpose, "t": _t, "expand": expand,
-    "unsqueeze": _unsqueeze, "squeeze": squeeze, "select": select, "slice": slice_,
-    "narrow": _narrow, "cat": _cat, "concat": _cat, "stack": _stack, "split": split,
-    "split_with_sizes": split, "chunk": chunk, "unbind": unbind, "pad": pad,
-    "constant_pad_nd": lambda x, p, v=0: pad(x, p, "constant", v), "roll": roll,
-    "flip": _flip, "repeat": _repeat, "index": index, "index_put": index_put,
-    "slice_scatter": slice_scatter, "select_scatter": select_scatter,
-    # identities in evaluation mode, copies and dtypes
-    "dropout": _dropout, "feature_dropout": _dropout, "alpha_dropout": _dropout,
-    "feature_alpha_dropout": _dropout, "native_dropout": lambda x, *a, **k: (x, None),
-    "contiguous": _identity, "clone": _identity, "alias": _identity, "detach": _identity,
-    "lift_fresh_copy": _identity, "_to_copy": to_dtype, "to": to_dtype, "type_as":
-        lambda x, other: x.astype(other.dtype),
-    "zeros_like": _like(lambda x: 0), "ones_like": _like(lambda x: 1),
-    "new_zeros": _new(0), "new_ones": _new(1), "zeros": _factory(0), "ones": _factory(1),
-    "full": full, "arange": arange, "scalar_tensor": _scalar_tensor,
-}
+# ---------------------------------------------------------------------------- more operators
 
 
-def lookup(name: str, overload: str = "default") -> Callable | None:
-    """The JAX function of an ATen operator (``name.overload`` first, then ``name``; an
-    in-place ``op_`` uses ``op``)."""
-    if name.endswith("_") and not name.startswith("_") and name[:-1] in ATEN:
-        name = name[:-1]
-    return ATEN.get(f"{name}.{overload}", ATEN.get(name))
+def _var(x, dim=None, unbiased=True, keepdim=False, *, correction=None):
+    if isinstance(dim, bool):  # var(x, unbiased)
+        dim, unbiased = None, dim
+    ddof = (1 if unbiased else 0) if correction is None else correction
+    axes = None if dim is None else tuple(_tuple(dim, 1))
+    return jnp.var(x, axis=axes, ddof=ddof, keepdims=keepdim)
 
 
-def sequence(v) -> bool:
-    return isinstance(v, Sequence) and not isinstance(v, str)
+def _std(x, dim=None, unbiased=True, keepdim=False, *, correction=None):
+    return jnp.sqrt(_var(x, dim, unbiased, keepdim, correction=correction))
+
+
+def _var_mean(x, dim=None, unbiased=True, keepdim=False, *, correction=None):
+    axes = None if dim is None else tuple(_tuple(dim, 1))
+    return (_var(x, dim, unbiased, keepdim, correction=correction),
+            jnp.mean(x, axis=axes, keepdims=keepdim))
+
+
+def _std_mean(x, dim=None, unbiased=True, keepdim=False, *, correction=None):
+    v, m = _var_mean(x, dim, unbiased, keepdim, correction=correction)
+    return jnp.sqrt(v), m
+
+
+def _vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    axes = None if dim is None else tuple(_tuple(dim, 1))
+    return jnp.linalg.norm(x, ord=ord, axis=axes, keepdims=keepdim) if axes is None or \
+        len(axes) == 1 else jnp.sum(jnp.abs(x) ** ord, axis=axes, keepdims=keepdim) ** (1 / ord)
+
+
+def _instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None,
+                   use_input_stats=True, momentum=0.1, eps=1e-5, cudnn_enabled=True):
+    if not use_input_stats:
+        return batch_norm(x, weight, bias, running_mean, running_var, False, momentum, eps)
+    axes = tuple(range(2, x.ndim))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    y = (x - mean) * lax.rsqrt(var + eps)
+    if weight is not None:
+        y = y * _channel(weight, x.ndim)
+    if bias is not None:
+        y = y + _channel(bias, x.ndim)
+    return y
+
+
+def _native_group_norm(x, weight, bias, n, c, hw, groups, eps):
+    return group_norm(x, groups, weight, bias, eps), None, None
+
+
+def _pixel_shuffle(x, r):
+    n, c, h, w = x.shape
+    x = x.reshape(n, c // (r * r), r, r, h, w)
+    return jnp.transpose(x, (0, 1, 4, 2, 5, 3)).reshape(n, c // (r * r), h * r, w * r)
+
+
+def _pixel_unshuffle(x, r):
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // r, r, w // r, r)
+    return jnp.transpose(x, (0, 1, 3, 5, 2, 4)).reshape(n, c * r * r, h // r, w // r)
+
+
+def _prelu(x, w):
+    return jnp.where(x >= 0, x, x * (_channel(w, x.ndim) if x.ndim >= 2 and w.size > 1 else w))
+
+
+def _glu(x, dim=-1):
+    a, b = jnp.split(x, 2, axis=dim)
+    return a * jax.nn.sigmoid(b)
+
+
+def _embedding(weight, indices, *args, **kwargs):
+    return jnp.take(weight, indices, axis=0)
+
+
+def _baddbmm(b, x, y, beta=1, alpha=1):
+    return beta * b + alpha * jnp.matmul(x, y)
+
+
+def _repeat_interleave(x, repeats, dim=None, output_size=None):
+    return jnp.repeat(x, repeats, axis=dim)
+
+
+def _tri(fn):
+    def rule(x, diagonal=0):
+        return fn(x, k=diagonal)
+    return rule
+
+
+def _gather(x, dim, index, sparse_grad=False):
+    return jnp.take_along_axis(x, index, axis=dim)
+
+
+def _topk(x, k, dim=-1, largest=True, sorted=True):
+    xm = jnp.moveaxis(x, dim, -1)
+    v, i = lax.top_k(xm if largest else -xm, k)
+    return jnp.moveaxis(v if largest else -v, -1, dim), jnp.moveaxis(i, -1, dim)
+
+
+def _sort(x, dim=-1, descending=False, stable=False):
+    i = jnp.argsort(-x if descending else x, axis=dim, stable=True)
+    return jnp.take_along_axis(x, i, axis=dim), i
+
+
+def _arg(fn):
+    def rule(x, dim=None, keepdim=False):
+        return fn(x, axis=dim, keepdims=keepdim)
+    return rule
+
+
+def _unflatten(x, dim, sizes):
+    d = _dim(dim, x.ndim)
+    return x.reshape(x.shape[:d] + tuple(sizes) + x.shape[d + 1:])
+
+
+def _full_like(x, value, *args, dtype=None, **kwargs):
+    return jnp.full(x.shape, value, x.dtype if dtype is None else _dtype(dtype))
+
+
+def _new_full(x, size, value, *args, dtype=None, **kwargs):
+    return jnp.full(tuple(size), value, x.dtype if dtype is None else _dtype(dtype))
+
+
+def _linspace(start, end, steps, *args, dtype=None, **kwargs):
+    return jnp.linspace(start, end, steps, dtype=None if dtype is None else _dtype(dtype))
+
+
+def _pad_mode(mode):
+    def rule(x, pads):
+        return pad(x, pads, mode)
+    return rule
+
+
+def _index_select(x, dim, index):
+    return jnp.take(x, index, axis=dim)
+
+
+def _any_all(fn):
+    def rule(x, dim=None, keepdim=False):
+        return fn(x, axis=None if dim is None else tuple(_tuple(dim, 1)), keepdims=keepdim)
+    return rule
+
+
+def _logsumexp(x, dim, keepdim=False):
+    return jax.scipy.special.logsumexp(x, axis=tuple(_tuple(dim, 1)), keepdims=keepdim)

@@ -1,0 +1,239 @@
+"""The one table of ATen operators that :mod:`rfjax.adapters.pytorch` lowers an exported
+PyTorch program with.
+
+``ATEN`` maps an operator's name (``"conv2d"``, ``"add"``; ``"name.overload"`` where overloads
+differ, in-place ``op_`` forms use ``op``) to its JAX function in
+:mod:`rfjax.adapters.pytorch_ops`. A new operator is one entry here (and its function there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from rfjax.adapters.pytorch_ops import (
+    _any_all,
+    _arg,
+    _baddbmm,
+    _cat,
+    _clamp,
+    _copy,
+    _cumsum,
+    _dropout,
+    _einsum,
+    _elu,
+    _embedding,
+    _factory,
+    _fill,
+    _flip,
+    _full_like,
+    _gather,
+    _glu,
+    _hardtanh,
+    _identity,
+    _index_select,
+    _instance_norm,
+    _like,
+    _linspace,
+    _logsumexp,
+    _masked_fill,
+    _matmul,
+    _mean,
+    _narrow,
+    _native_group_norm,
+    _new,
+    _new_full,
+    _pad_mode,
+    _pixel_shuffle,
+    _pixel_unshuffle,
+    _pow,
+    _prelu,
+    _reduce,
+    _repeat,
+    _repeat_interleave,
+    _scalar_tensor,
+    _softplus,
+    _sort,
+    _stack,
+    _std,
+    _std_mean,
+    _sum,
+    _t,
+    _topk,
+    _transpose,
+    _tri,
+    _unflatten,
+    _unsqueeze,
+    _var,
+    _var_mean,
+    _vector_norm,
+    _where,
+    adaptive_max_pool,
+    adaptive_pool,
+    add,
+    addmm,
+    arange,
+    avg_pool,
+    batch_norm,
+    batch_norm_no_training,
+    chunk,
+    conv_nd,
+    conv_transpose_nd,
+    convolution,
+    div,
+    expand,
+    flatten,
+    full,
+    gelu,
+    group_norm,
+    index,
+    index_put,
+    layer_norm,
+    linear,
+    log_softmax,
+    max_dim,
+    max_pool,
+    max_pool_with_indices,
+    native_layer_norm,
+    pad,
+    permute,
+    roll,
+    rsub,
+    scaled_dot_product_attention,
+    select,
+    select_scatter,
+    slice_,
+    slice_scatter,
+    softmax,
+    split,
+    squeeze,
+    sub,
+    to_dtype,
+    unbind,
+    upsample_linear,
+    upsample_nearest,
+    view,
+)
+
+__all__ = ["ATEN", "lookup"]
+
+ATEN: dict[str, Callable] = {
+    # convolutions
+    "convolution": convolution, "_convolution": convolution,
+    "conv1d": conv_nd, "conv2d": conv_nd, "conv3d": conv_nd,
+    "conv_transpose1d": conv_transpose_nd, "conv_transpose2d": conv_transpose_nd,
+    "conv_transpose3d": conv_transpose_nd,
+    # normalisation
+    "batch_norm": batch_norm, "_native_batch_norm_legit_no_training": batch_norm_no_training,
+    "layer_norm": layer_norm, "native_layer_norm": native_layer_norm,
+    "group_norm": group_norm,
+    # pooling and resampling
+    "max_pool1d": max_pool(1), "max_pool2d": max_pool(2), "max_pool3d": max_pool(3),
+    "max_pool2d_with_indices": max_pool_with_indices(2),
+    "max_pool3d_with_indices": max_pool_with_indices(3),
+    "avg_pool1d": avg_pool(1), "avg_pool2d": avg_pool(2), "avg_pool3d": avg_pool(3),
+    "adaptive_avg_pool1d": adaptive_pool(1, jnp.mean),
+    "adaptive_avg_pool2d": adaptive_pool(2, jnp.mean),
+    "_adaptive_avg_pool2d": adaptive_pool(2, jnp.mean),
+    "adaptive_avg_pool3d": adaptive_pool(3, jnp.mean),
+    "adaptive_max_pool2d": adaptive_max_pool(2),
+    "upsample_nearest1d": upsample_nearest(1), "upsample_nearest2d": upsample_nearest(2),
+    "upsample_nearest3d": upsample_nearest(3),
+    "upsample_linear1d": upsample_linear(1), "upsample_bilinear2d": upsample_linear(2),
+    "upsample_trilinear3d": upsample_linear(3),
+    # activations
+    "relu": jax.nn.relu, "relu6": jax.nn.relu6, "gelu": gelu, "silu": jax.nn.silu,
+    "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "hardswish": jax.nn.hard_swish,
+    "hardsigmoid": jax.nn.hard_sigmoid, "hardtanh": _hardtanh, "mish": jax.nn.mish,
+    "leaky_relu": lambda x, s=0.01: jax.nn.leaky_relu(x, s), "elu": _elu,
+    "softplus": _softplus, "softmax": softmax, "_softmax": softmax,
+    "log_softmax": log_softmax, "_log_softmax": log_softmax,
+    "exp": jnp.exp, "log": jnp.log, "sqrt": jnp.sqrt, "rsqrt": lax.rsqrt, "neg": jnp.negative,
+    "abs": jnp.abs, "erf": jax.scipy.special.erf, "sin": jnp.sin, "cos": jnp.cos,
+    "reciprocal": jnp.reciprocal, "sign": jnp.sign, "floor": jnp.floor, "ceil": jnp.ceil,
+    "clamp": _clamp, "clip": _clamp, "clamp_min": lambda x, lo: jnp.maximum(x, lo),
+    "clamp_max": lambda x, hi: jnp.minimum(x, hi),
+    # arithmetic and comparisons
+    "add": add, "sub": sub, "rsub": rsub, "mul": jnp.multiply, "div": div, "pow": _pow,
+    "maximum": jnp.maximum, "minimum": jnp.minimum, "where": _where,
+    "eq": jnp.equal, "ne": jnp.not_equal, "lt": jnp.less, "le": jnp.less_equal,
+    "gt": jnp.greater, "ge": jnp.greater_equal, "logical_not": jnp.logical_not,
+    "logical_and": jnp.logical_and, "logical_or": jnp.logical_or,
+    "masked_fill": _masked_fill, "fill": _fill, "copy": _copy,
+    # reductions
+    "mean": _mean, "sum": _sum, "amax": _reduce(jnp.max), "amin": _reduce(jnp.min),
+    "max": max_dim, "max.other": jnp.maximum, "min.other": jnp.minimum,
+    "var": _reduce(jnp.var), "cumsum": _cumsum,
+    # contractions
+    "linear": linear, "addmm": addmm, "mm": _matmul, "bmm": _matmul, "matmul": _matmul,
+    "einsum": _einsum, "scaled_dot_product_attention": scaled_dot_product_attention,
+    # shapes and data movement
+    "flatten": flatten, "view": view, "reshape": view, "_unsafe_view": view,
+    "permute": permute, "transpose": _transpose, "t": _t, "expand": expand,
+    "unsqueeze": _unsqueeze, "squeeze": squeeze, "select": select, "slice": slice_,
+    "narrow": _narrow, "cat": _cat, "concat": _cat, "stack": _stack, "split": split,
+    "split_with_sizes": split, "chunk": chunk, "unbind": unbind, "pad": pad,
+    "constant_pad_nd": lambda x, p, v=0: pad(x, p, "constant", v), "roll": roll,
+    "flip": _flip, "repeat": _repeat, "index": index, "index_put": index_put,
+    "slice_scatter": slice_scatter, "select_scatter": select_scatter,
+    # identities in evaluation mode, copies and dtypes
+    "dropout": _dropout, "feature_dropout": _dropout, "alpha_dropout": _dropout,
+    "feature_alpha_dropout": _dropout, "native_dropout": lambda x, *a, **k: (x, None),
+    "contiguous": _identity, "clone": _identity, "alias": _identity, "detach": _identity,
+    "lift_fresh_copy": _identity, "_to_copy": to_dtype, "to": to_dtype, "type_as":
+        lambda x, other: x.astype(other.dtype),
+    "zeros_like": _like(lambda x: 0), "ones_like": _like(lambda x: 1),
+    "new_zeros": _new(0), "new_ones": _new(1), "zeros": _factory(0), "ones": _factory(1),
+    "full": full, "arange": arange, "scalar_tensor": _scalar_tensor,
+}
+ATEN.update({
+    "var": _var, "std": _std, "var_mean": _var_mean, "std_mean": _std_mean,
+    "linalg_vector_norm": _vector_norm, "norm": lambda x, p=2, dim=None, keepdim=False,
+    **k: _vector_norm(x, 2 if p is None else p, dim, keepdim),
+    "instance_norm": _instance_norm, "native_group_norm": _native_group_norm,
+    "pixel_shuffle": _pixel_shuffle, "pixel_unshuffle": _pixel_unshuffle,
+    "prelu": _prelu, "_prelu_kernel": _prelu, "glu": _glu, "selu": jax.nn.selu,
+    "celu": lambda x, alpha=1.0: jax.nn.celu(x, alpha), "log_sigmoid": jax.nn.log_sigmoid,
+    "softsign": jax.nn.soft_sign, "square": jnp.square, "round": jnp.round,
+    "trunc": jnp.trunc, "exp2": jnp.exp2, "log2": jnp.log2, "log1p": jnp.log1p,
+    "expm1": jnp.expm1, "sinh": jnp.sinh, "cosh": jnp.cosh, "atan": jnp.arctan,
+    "atan2": jnp.arctan2, "erfinv": jax.scipy.special.erfinv, "lerp":
+        lambda a, b, w: a + w * (b - a), "embedding": _embedding, "baddbmm": _baddbmm,
+    "repeat_interleave": _repeat_interleave, "tril": _tri(jnp.tril), "triu": _tri(jnp.triu),
+    "bitwise_not": jnp.invert, "bitwise_and": jnp.bitwise_and, "bitwise_or": jnp.bitwise_or,
+    "floor_divide": jnp.floor_divide, "remainder": jnp.remainder, "fmod": jnp.fmod,
+    "gather": _gather, "topk": _topk, "sort": _sort, "argmax": _arg(jnp.argmax),
+    "argmin": _arg(jnp.argmin), "unflatten": _unflatten, "movedim": lambda x, a, b:
+        jnp.moveaxis(x, a, b), "swapaxes": _transpose, "view_as": lambda x, o:
+        x.reshape(o.shape), "reshape_as": lambda x, o: x.reshape(o.shape), "expand_as":
+        lambda x, o: jnp.broadcast_to(x, o.shape), "full_like": _full_like,
+    "new_full": _new_full, "empty_like": _like(lambda x: 0), "new_empty": _new(0),
+    "empty": _factory(0), "linspace": _linspace, "reflection_pad1d": _pad_mode("reflect"),
+    "reflection_pad2d": _pad_mode("reflect"), "replication_pad2d": _pad_mode("replicate"),
+    "replication_pad1d": _pad_mode("replicate"), "index_select": _index_select,
+    "any": _any_all(jnp.any), "all": _any_all(jnp.all), "logsumexp": _logsumexp,
+    "min": lambda x, dim=None, keepdim=False: jnp.min(x) if dim is None else (
+        jnp.min(x, axis=dim, keepdims=keepdim), jnp.argmin(x, axis=dim, keepdims=keepdim)),
+    "prod": lambda x, dim=None, keepdim=False, dtype=None: jnp.prod(x, axis=dim,
+                                                                     keepdims=keepdim),
+    "cumprod": lambda x, dim, dtype=None: jnp.cumprod(x, axis=dim),
+    "hardshrink": lambda x, lambd=0.5: jnp.where(jnp.abs(x) > lambd, x, 0),
+    "softshrink": lambda x, lambd=0.5: jnp.where(x > lambd, x - lambd,
+                                                 jnp.where(x < -lambd, x + lambd, 0)),
+    "threshold": lambda x, t, v: jnp.where(x > t, x, v),
+    "log10": jnp.log10, "tan": jnp.tan, "asin": jnp.arcsin, "acos": jnp.arccos,
+    "isnan": jnp.isnan, "isinf": jnp.isinf, "nan_to_num": lambda x, nan=0.0, posinf=None,
+    neginf=None: jnp.nan_to_num(x, nan=nan, posinf=posinf, neginf=neginf),
+})
+
+
+def lookup(name: str, overload: str = "default") -> Callable | None:
+    """The JAX function of an ATen operator (``name.overload`` first, then ``name``; an
+    in-place ``op_`` uses ``op``)."""
+    if name.endswith("_") and not name.startswith("_") and name[:-1] in ATEN:
+        name = name[:-1]
+    return ATEN.get(f"{name}.{overload}", ATEN.get(name))
+
