@@ -3,6 +3,7 @@
 import os
 
 os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.setdefault("KERAS_BACKEND", "jax")  # rfjax runs Keras models on JAX only
 os.environ.setdefault("RFJAX_NO_PROGRESS", "1")
 
 import jax  # noqa: E402
