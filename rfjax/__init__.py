@@ -5,7 +5,9 @@ The public API is listed in ``__all__``; everything else is internal. ``rfjax.tr
 ``rfjax.effective``. Submodules: ``rfjax.metrics`` (ERF size, Gaussian fit, ratios,
 ``summary``), ``rfjax.theory`` (the paper's closed forms), ``rfjax.calculator`` (the textbook
 recurrences), ``rfjax.adapters`` (PyTorch, Keras, Haiku and Equinox models, input
-layouts), ``rfjax.models`` (Flax reference models and the built-in registry),
+layouts), ``rfjax.models`` (Flax reference models and the built-in registry;
+``rfjax.models.external``: torchvision / timm / Keras models by name), ``rfjax.images``
+(image files as model inputs),
 ``rfjax.data`` (CIFAR-10 / CamVid through TFDS, without TensorFlow), ``rfjax.train`` (optax
 training with orbax checkpoints), ``rfjax.experiments`` and ``rfjax.plot`` (the paper's
 figures). ``ARCHITECTURE.md`` says where each piece of code lives.

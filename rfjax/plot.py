@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 
 from rfjax.metrics import normalize_map
 
-__all__ = ["save", "outline_region", "erf_heatmap", "paper_figure", "FIGURES"]
+__all__ = ["save", "outline_region", "erf_heatmap", "trf_mask_plot", "paper_figure", "FIGURES"]
 
 
 def save(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> str:
@@ -83,6 +83,76 @@ def erf_heatmap(erf_map, *, trf_region=None, title: str | None = None, log: bool
         ax.set_title(title, fontsize=9)
     ax.set_xlabel("column")
     ax.set_ylabel("row")
+    if path is not None:
+        save(fig, path)
+    return fig
+
+
+def trf_mask_plot(mask, region=None, *, title: str | None = None,
+                  path: str | os.PathLike[str] | None = None) -> Figure:
+    """A unit's exact theoretical field over an input-sized canvas: the mask
+    (``TRF.mask(unit)``) filled and its region rectangle (``TRF.region(unit)``) outlined.
+
+    The region is inclusive and unclipped (it may reach into the padding, past the input): the
+    part inside the input is drawn, and a second title line gives the unclipped bounds. A 1-D
+    mask is drawn as one row; a 3-D mask as its slice through the middle of the region's
+    clipped extent along axis 0 (named in the title).
+
+    Args:
+      mask: ``(L,)``, ``(H, W)`` or ``(D, H, W)`` boolean (the input's spatial shape).
+      region: inclusive ``((start, stop), ...)`` per axis of ``mask``, or ``None``.
+      title: the first title line (e.g. the model, unit, size and stride).
+      path: when given, the figure is written there as PNG (:func:`save`, which closes it).
+
+    Returns:
+      The ``Figure``.
+    """
+    import numpy as np
+
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim not in (1, 2, 3):
+        raise ValueError(f"trf_mask_plot takes a 1-D, 2-D or 3-D mask, got shape {m.shape}")
+    if region is not None and len(region) != m.ndim:
+        raise ValueError(f"region {region} has {len(region)} axes; the mask has {m.ndim}")
+    lines = [] if not title else [title]
+    full = m
+    if region is not None:
+        axes = ("rows", "cols") if m.ndim == 2 else ("x",) if m.ndim == 1 else \
+            ("depth", "rows", "cols")
+        bounds = ", ".join(f"{name} {a}..{b}" for name, (a, b) in zip(axes, region, strict=True))
+        lines.append(f"region {bounds} (inclusive, unclipped)")
+    reg2 = None if region is None else tuple(tuple(int(v) for v in r) for r in region)
+    if m.ndim == 1:
+        m = m[None, :]
+        reg2 = None if reg2 is None else ((0, 0), reg2[0])
+    elif m.ndim == 3:
+        if reg2 is None:
+            k = m.shape[0] // 2
+        else:
+            lo, hi = max(reg2[0][0], 0), min(reg2[0][1], m.shape[0] - 1)
+            k = (lo + hi) // 2 if lo <= hi else m.shape[0] // 2
+        m, reg2 = m[k], None if reg2 is None else reg2[1:]
+        lines.append(f"slice {k} of axis 0")
+    lines.append(f"{int(full.sum())} input pixels in the field (filled); "
+                 f"{'x'.join(map(str, full.shape))} input, region clipped to it")
+    fig, ax = plt.subplots(figsize=(5.2, 4.8))
+    from matplotlib.colors import ListedColormap
+
+    ax.imshow(m.astype(float), cmap=ListedColormap(["#f2f2f2", "#3b75af"]), vmin=0, vmax=1,
+              origin="upper", interpolation="nearest")
+    if reg2 is not None:
+        (r0, r1), (c0, c1) = reg2
+        h, w = m.shape
+        cr = (max(r0, 0), min(r1, h - 1))
+        cc = (max(c0, 0), min(c1, w - 1))
+        if cr[0] <= cr[1] and cc[0] <= cc[1]:
+            outline_region(ax, (cr, cc), color="red", lw=1.5, label="region (clipped)")
+            ax.legend(loc="best", fontsize=7, framealpha=0.7)
+    ax.set_xlim(-0.5, m.shape[1] - 0.5)
+    ax.set_ylim(m.shape[0] - 0.5, -0.5)
+    ax.set_title("\n".join(lines), fontsize=8)
+    ax.set_xlabel("column")
+    ax.set_ylabel("row" if full.ndim > 1 else "")
     if path is not None:
         save(fig, path)
     return fig

@@ -252,7 +252,7 @@ def test_erf_options_are_the_library_constants(capsys):
         (["trf", "conv_stack", "--json", "/nonexistent_dir_xyz/t.json"], "--json"),
         (["trf", "conv_stack", "--layer", "conv"], "did you mean conv1"),
         (["erf", "conv_stack", "--layer", "nope"], "no such layer"),
-        (["trf", "cli_factories:uniform2", "--layer", "conv1"], "needs a built-in model"),
+        (["trf", "cli_factories:uniform2", "--layer", "conv1"], "needs a built-in, torchvision:"),
         (["models", "cli_factories:uniform2"], "unknown built-in model"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
@@ -282,9 +282,11 @@ def test_help_explains_every_option_with_examples(capsys, cmd):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "example" in out
-    opts = {"trf": ["--input-shape", "--unit", "--seed", "--json", "--layer"],
+    opts = {"trf": ["--input-shape", "--unit", "--seed", "--json", "--layer", "--weights",
+                    "--channel-axis", "--png"],
             "models": ["--input-shape"],
             "erf": ["--input-shape", "--unit", "--seed", "--json", "--layer", "--images",
+                    "--weights", "--channel-axis",
                     "--batch-size",
                     "--draws", "--reduce", "--convention", "--crop", "--png", "--log"]}
     for opt in opts.get(cmd[0] if cmd else "", []):
