@@ -47,17 +47,23 @@ _INFERENCE_FLAGS = {"train": False, "training": False, "is_training": False,
                     "deterministic": True, "use_running_average": True, "inference": True}
 
 
-def _inference_hint(module: Any, method: Any) -> str:
-    """``apply_kwargs={...}`` for the training flags of ``module``'s call that default to
-    training mode, or a generic hint."""
+def _training_flags(module: Any, method: Any) -> dict[str, bool]:
+    """The inference values of the training flags of ``module``'s call that default to
+    training mode (``{"train": False}`` for ``def __call__(self, x, train=True)``)."""
     try:
         fn = getattr(type(module), method) if isinstance(method, str) else (
             method if method is not None else type(module).__call__)
         params = inspect.signature(fn).parameters
     except (AttributeError, TypeError, ValueError):
         params = {}
-    flags = {n: v for n, v in _INFERENCE_FLAGS.items()
-             if n in params and params[n].default is not v}
+    return {n: v for n, v in _INFERENCE_FLAGS.items()
+            if n in params and params[n].default is not v}
+
+
+def _inference_hint(module: Any, method: Any) -> str:
+    """``apply_kwargs={...}`` for the training flags of ``module``'s call that default to
+    training mode, or a generic hint."""
+    flags = _training_flags(module, method)
     if flags:
         return f"pass apply_kwargs={flags!r}"
     return ("pass its inference flag with apply_kwargs= (e.g. {'train': False}) or build it "
@@ -66,9 +72,11 @@ def _inference_hint(module: Any, method: Any) -> str:
 
 def _apply(module: Any, variables: Any, x: Any, method: Any, apply_kwargs: Mapping | None,
            **kw: Any) -> Any:
-    """``module.apply(variables, x, **apply_kwargs, **kw)``, with the errors of a model in
-    training mode or of missing variables explained."""
-    kwargs = dict(apply_kwargs or {})
+    """``module.apply(variables, x, **apply_kwargs, **kw)`` in evaluation mode (the call's
+    training flags that default to training, e.g. ``train=True``, are set to inference unless
+    ``apply_kwargs`` sets them), with the errors of a model in training mode or of missing
+    variables explained."""
+    kwargs = {**_training_flags(module, method), **dict(apply_kwargs or {})}
     if method is not None:
         kwargs["method"] = method
     try:
@@ -106,9 +114,11 @@ def intermediate_apply(module: Any, name: str, collection: str, variables: Any, 
       x: the input.
       method: the module's method to apply (``module.apply(..., method=method)``); ``None``
         for ``__call__``.
-      apply_kwargs: more keyword arguments of ``module.apply`` (the call's own), e.g.
-        ``{"train": False}`` for a model whose call defaults to training mode (Flax's
-        ImageNet ResNet example).
+      apply_kwargs: more keyword arguments of ``module.apply`` (the call's own). Evaluation
+        mode is forced: a training flag of the call that defaults to training (``train``,
+        ``training``, ``is_training``, ``deterministic``, ``use_running_average``,
+        ``inference``) gets its inference value unless ``apply_kwargs`` sets it (Flax's
+        ImageNet ResNet example runs with ``train=False``).
 
     Raises:
       ValueError: no value named ``name`` (the message lists the names that were captured or

@@ -429,10 +429,14 @@ def test_intermediate_units_of_batchnorm_models():
     variables = model.init(jax.random.key(0), x[:1], train=False)
     stats = jax.tree_util.tree_map(lambda a: a + 0.5, variables["batch_stats"])
     variables = {"params": variables["params"], "batch_stats": stats}
-    # Its call defaults to training mode: BatchNorm would update "mean" in "/bn_init". The
-    # error says why and which flag to pass.
+    # Its call defaults to training mode (BatchNorm would update "mean" in "/bn_init"):
+    # evaluation mode is forced, as for torch and Keras models; asking for training mode
+    # explicitly gets an error that says why and which flag to pass.
+    auto = erf_intermediate(model, variables, x, "bn1")
+    want = erf(_captured(model, variables, "bn1", train=False), x)
+    np.testing.assert_allclose(np.asarray(auto.map), np.asarray(want.map), rtol=1e-6)
     with pytest.raises(ValueError, match=r"training mode.*apply_kwargs=\{'train': False\}"):
-        erf_intermediate(model, variables, x, "conv_init")
+        erf_intermediate(model, variables, x, "conv_init", apply_kwargs={"train": True})
     with pytest.raises(ValueError, match="'batch_stats'"):
         erf_intermediate(model, {"params": variables["params"]}, x, "conv_init",
                          apply_kwargs={"train": False})
