@@ -307,6 +307,10 @@ def _mode_grad_at(rebuild, dyn, x, spec: _Spec, mode: str, plan: Any, unit=None,
                        weights), window
 
 
+def _progress(total: int | None, desc: str, enabled: bool = True):
+    return _progress_bar(total, desc, enabled, unit="chunk", leave=False)
+
+
 def _make_full_grad_fn(rebuild, spec: _Spec, mode: str, plan: Any, spatial: tuple[int, ...]):
     """Jitted raw gradient placed on the full input (for verifying a crop)."""
 
@@ -546,7 +550,7 @@ def erf(
     count = bad = 0
     per_list: list = []
     state = None
-    with _progress_bar(total, "ERF", progress, unit="chunk", leave=False) as bar:
+    with _progress(total, "ERF", progress) as bar:
         for chunk, n in chunks:
             if state is None:
                 state = {"fn": _chunk_fn(entry, res, spec, mode, plan, chunk)}
