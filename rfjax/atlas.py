@@ -884,26 +884,29 @@ def markdown(records: Sequence[dict], meta: dict, *, total: int, notes: str = ""
 
 
 REFERENCE_NOTES = """\
-Why the numbers differ where they do:
+How to read the comparison:
 
-- **Same definitions.** Both report the field of the unit at output index 0 as `size`,
-  the jump between units as `stride` and how far that field starts before input pixel 0 as
-  `padding` (rfjax's `TRF.padding` is `-start` of unit 0, as their *effective padding*).
-- **ResNet-50: stride placement, not padding.** TF-Slim's `resnet_v1_50` subsamples in the
-  *last* unit of blocks 1-3 (and Keras' `ResNet50`, the original Caffe model, in the first
-  1×1 convolution of a stage), so the 3×3 convolutions after it run at the finer stride:
-  483. torchvision's ResNet-50 (v1.5) puts the stride in the 3×3 convolution of the first
-  unit of each stage: fewer 3×3 convolutions see the coarse grid, 427. ResNet-101: 1027 vs
-  torchvision's 971 for the same reason.
-- **Padding conventions.** TF's `SAME` padding puts the odd pixel at the bottom/right, so the
-  effective padding depends on the input size (their table gives the value of an input whose
-  size makes it symmetric); Keras' applications pad explicitly with `ZeroPadding2D` before
-  strided `valid` convolutions (e.g. `((0, 1), (0, 1))` in MobileNet) and torchvision pads
-  symmetrically. The same size and stride with a padding a few pixels off is this, not a
-  different field.
-- **AlexNet.** TF-Slim's `alexnet_v2` (the "one weird trick" variant, VALID convolutions) is
-  not torchvision's `alexnet`: both reach 195 pixels at stride 32, with different paddings.
-- **VGG-16 and the Inceptions** are the same graphs: the sizes and strides agree; paddings
-  agree where the padding convention does (torchvision pads the stride-1 convolutions by
-  hand; TF-Slim uses VALID stems).
+- **Same definitions.** Both report, for the unit at output index 0, the field's extent
+  (`size`), the jump between adjacent units (`stride`) and how far the field starts before
+  input pixel 0 (`padding`: rfjax's `TRF.padding` is `-start` of unit 0, their *effective
+  padding*). Their numbers come from the graph of the TF-Slim model; rfjax's from the
+  torch / Keras graph it was given, every unit checked exactly.
+- **Identical graphs, identical numbers.** VGG-16 (torchvision, timm, Keras: 212/32/90),
+  Inception-v3 at 299 (torchvision and timm `Mixed_7c`: 1311/32/618), Inception-v4 and
+  Inception-ResNet-v2 (timm: 2071/32/998, 3039/32/1482) and Keras' MobileNet (v1:
+  315/32/126) agree to the pixel with TF-Slim.
+- **ResNet-50: where the stride sits, not the padding.** The field grows by `2 * J` at each
+  3×3 convolution whose *input* jump is `J`. TF-Slim's `resnet_v1_50` subsamples in the 3×3
+  convolution of the *last* unit of blocks 1-3, Keras' `ResNet50` (the original Caffe model)
+  in the 1×1 convolution of a stage's first unit: in both, the 3×3 inputs have jumps
+  4,4,4 | 8,8,8,8 | 16×6 | 32×3, so 11 + 2(3·4 + 4·8 + 6·16 + 3·32) = 483. torchvision's and
+  timm's ResNet-50 ("v1.5") put the stride in the 3×3 convolution of a stage's *first* unit,
+  whose input is still on the finer grid: 4,4,4 | 4,8,8,8 | 8,16×5 | 16,32,32, so 427.
+  ResNet-101: 1027 (TF-Slim) against torchvision's 971, for the same reason.
+- **Padding conventions.** Keras' ResNet50 has TF-Slim's 483/32 but padding 241 instead of
+  239: its stem pads the 112-pixel map by one pixel on each side (`ZeroPadding2D(1)`) before
+  the 3×3/2 max-pool, where TF-Slim's `SAME` max-pool on an even map pads only at the
+  bottom/right; one pixel at jump 2 moves the field's start by 2. torchvision's `alexnet` pads
+  its first convolution by 2 where TF-Slim's `alexnet_v2` uses `VALID`: 66 against 64, with
+  the same 195/32 (the rest of the two graphs pads alike).
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 import matplotlib.pyplot as plt
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -612,8 +613,8 @@ def fig_atlas_gallery(items) -> Figure:
             a_erf.axis("off")
             continue
         name, mask, emap = items[k]
-        a_mask.imshow(np.asarray(mask, float), cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
+        a_mask.imshow(np.asarray(mask, float), cmap=ListedColormap(["#1b1b1b", "#9ecae1"]),
+                      vmin=0, vmax=1, interpolation="nearest")
         a_mask.set_title(f"{name}\nTRF mask", fontsize=7)
         if emap is not None:
             im = _map_panel(a_erf, normalize_map(np.asarray(emap)), vmax=1.0, title="ERF")

@@ -53,6 +53,24 @@ def select(args) -> list[atlas.Entry]:
     return es
 
 
+def breadth_first(es: list[atlas.Entry]) -> list[atlas.Entry]:
+    """Run order that covers the table's breadth first: the gallery and cross-checked models,
+    then the first entry of each (framework, family), then the rest (table order within)."""
+    seen: set = set()
+    firsts = set()
+    for e in es:
+        if (e.framework, e.family) not in seen:
+            seen.add((e.framework, e.family))
+            firsts.add(e.name)
+
+    def rank(e):
+        if e.framework == "rfjax" or e.name in atlas.GALLERY or e.name in atlas.REFERENCE:
+            return 0
+        return 1 if e.name in firsts else 2
+
+    return sorted(es, key=rank)
+
+
 def run_one(entry: atlas.Entry, args, settings: dict) -> dict:
     keep = entry.name in atlas.GALLERY
 
@@ -169,7 +187,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         from tqdm import tqdm
 
-        todo = [e for e in select(args)
+        todo = [e for e in breadth_first(select(args))
                 if args.force or not os.path.exists(record_path(args.out, e.name))]
         start = time.time()
         warnings.filterwarnings("ignore")
