@@ -357,24 +357,59 @@ def _torch_view(shape: tuple[int, ...], prefix: int | None = None) -> dict:
     return {"kind": "nchw"}
 
 
+def _called_stages(model, mods: Sequence[str], resolution: int) -> dict[str, str]:
+    """``mods`` that compute a tensor in ``model``'s forward pass: a ``ModuleList`` (never
+    called itself) stands for its last child, an ``Identity`` for the module before it (the
+    last child of its previous sibling); a module whose output is not one tensor (HRNet's
+    branch lists) is dropped."""
+    import torch
+
+    named = dict(model.named_modules())
+    paths: dict[str, str] = {}
+    for orig in mods:
+        m = orig
+        mod = named.get(m)
+        if isinstance(mod, torch.nn.ModuleList) and len(mod):
+            m, mod = f"{m}.{len(mod) - 1}", mod[len(mod) - 1]
+        if isinstance(mod, torch.nn.Identity):  # (RepVGG's final_conv) the module before it
+            parent, _, leaf = m.rpartition(".")
+            kids = [n for n, _ in (named[parent] if parent else model).named_children()]
+            i = kids.index(leaf)
+            if i == 0:
+                continue
+            m = f"{parent}.{kids[i - 1]}" if parent else kids[i - 1]
+            sub = [n for n, _ in named[m].named_children()]
+            m, mod = (f"{m}.{sub[-1]}", None) if sub else (m, None)
+        if m in paths.values() or m not in named:
+            continue
+        paths[orig] = m
+    seen = {p for p, _ in _torch_call_shapes(model, list(paths.values()),
+                                             (1, 3, resolution, resolution))}
+    return {o: p for o, p in paths.items() if p in seen}
+
+
 def stage_layers(entry: Entry, model: Any, resolution: int) -> list[str]:
     """The stage outputs of ``model``: ``entry.stages`` when given; timm: the modules of
     ``model.feature_info`` (the last of each reduction; a few blocks when they share one);
-    other torch models: the last child of ``entry.container`` at each spatial size (call
-    order); Keras: the last layer at each spatial size (topological order)."""
+    other torch models (and timm models whose feature modules return no single tensor): the
+    last child of ``entry.container`` at each spatial size (call order); Keras: the last
+    layer at each spatial size (topological order)."""
     if entry.stages is not None:
         return list(entry.stages)
     if entry.framework == "timm" and getattr(model, "feature_info", None):
         info = [d for d in model.feature_info if d.get("module")]
+        called = _called_stages(model, [d["module"] for d in info], resolution)
+        order = [called[d["module"]] for d in info if d["module"] in called]
+        red = {called[d["module"]]: d.get("reduction") for d in info if d["module"] in called}
         last: dict[Any, str] = {}
-        for d in info:
-            last[d.get("reduction")] = d["module"]
-        mods = list(dict.fromkeys(last.values()))
-        if len(mods) == 1 and len(info) > 3:  # ViT-like: every block at one reduction
-            idx = np.unique(np.linspace(0, len(info) - 1, 4).round().astype(int))
-            mods = [info[i]["module"] for i in idx]
-        names = dict(model.named_modules())
-        return [m for m in mods if m in names]
+        for p in order:
+            last[red[p]] = p
+        found = list(dict.fromkeys(last.values()))
+        if len(found) == 1 and len(order) > 3:  # ViT-like: every block at one reduction
+            idx = np.unique(np.linspace(0, len(order) - 1, 4).round().astype(int))
+            found = [order[i] for i in idx]
+        if found:
+            return found
     if entry.framework in ("torchvision", "timm"):
         mods = dict(model.named_modules())
         cont = mods[entry.container] if entry.container else model
@@ -861,7 +896,9 @@ def markdown(records: Sequence[dict], meta: dict, *, total: int, notes: str = ""
     for r in records:
         for e in r.get("errors", []):
             key = f"{e['phase'].split(' ')[0]}: {e['type']}"
-            fails.setdefault(key, []).append(f"`{r['name']}`")
+            names = fails.setdefault(key, [])
+            if f"`{r['name']}`" not in names:
+                names.append(f"`{r['name']}`")
     if fails:
         lines += ["## Failures, grouped", ""]
         for k, names in sorted(fails.items()):
