@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 
 import matplotlib.pyplot as plt
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from rfjax.metrics import normalize_map
 
-__all__ = ["save", "outline_region", "erf_heatmap", "trf_mask_plot", "paper_figure", "FIGURES"]
+__all__ = ["save", "outline_region", "erf_heatmap", "trf_mask_plot", "paper_figure", "FIGURES",
+           "fig_atlas_ratio", "fig_atlas_gallery"]
 
 
 def save(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> str:
@@ -612,3 +614,85 @@ def paper_figure(result) -> Figure:
     if name not in FIGURES:
         raise ValueError(f"no figure for experiment {name!r}; known: {sorted(FIGURES)}")
     return FIGURES[name](result)
+
+
+# --------------------------------------------------------------------------------------------
+# The receptive-field atlas (rfjax.atlas, scripts/atlas.py)
+# --------------------------------------------------------------------------------------------
+
+
+def fig_atlas_ratio(records) -> Figure:
+    """ERF/TRF ratio (mean over axes) against the last stage's TRF size (mean over axes), one
+    point per architecture record with an ERF, coloured by family; global TRFs are drawn as
+    open markers (their size is the input's extent)."""
+    np = _np()
+    pts = []
+    for r in records:
+        erf = r.get("erf")
+        ok = [s for s in r.get("stages", []) if "error" not in s]
+        if not erf or not ok or not erf.get("erf_trf_ratio"):
+            continue
+        last = ok[-1]
+        pts.append((r["family"], float(np.mean(last["size"])),
+                    float(np.mean(erf["erf_trf_ratio"])), all(last["is_global"]), r["name"]))
+    fams = sorted({p[0] for p in pts})
+    cmap = plt.get_cmap("tab20")
+    colours = {f: cmap(i % 20) for i, f in enumerate(fams)}
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for f in fams:
+        for glob in (False, True):
+            sel = [p for p in pts if p[0] == f and p[3] == glob]
+            if not sel:
+                continue
+            ax.scatter([p[1] for p in sel], [p[2] for p in sel], s=36,
+                       facecolors="none" if glob else colours[f], edgecolors=colours[f],
+                       label=None if glob else f)
+    for p in pts:
+        if p[4] in ("resnet50", "vgg16", "vit_b_16", "alexnet", "inception_v3", "swin_t"):
+            ax.annotate(p[4], (p[1], p[2]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("TRF size of the last stage (pixels, mean of the axes; log)")
+    ax.set_ylabel("ERF 4σ size / TRF size (mean of the axes)")
+    ax.set_title(f"ERF/TRF at initialisation, {len(pts)} architectures (open: global TRF)",
+                 fontsize=10)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colours[f], label=f) for f in fams]
+    if handles:
+        ax.legend(handles=handles, fontsize=7, ncol=2, loc="upper right", frameon=False)
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def fig_atlas_gallery(items) -> Figure:
+    """Centre-unit TRF masks (top of each pair) and ERF maps (below) of a few models.
+
+    Args:
+      items: ``[(name, trf_mask, erf_map_or_None)]``; each ERF map is scaled to peak 1 and
+        all share one colour scale ``[0, 1]``; masks are drawn in grey.
+    """
+    np = _np()
+    n = len(items)
+    cols = min(n, 6) or 1
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(2.0 * cols, 4.1 * rows), squeeze=False)
+    im = None
+    for k in range(rows * cols):
+        a_mask, a_erf = axes[2 * (k // cols), k % cols], axes[2 * (k // cols) + 1, k % cols]
+        if k >= n:
+            a_mask.axis("off")
+            a_erf.axis("off")
+            continue
+        name, mask, emap = items[k]
+        a_mask.imshow(np.asarray(mask, float), cmap=ListedColormap(["#1b1b1b", "#9ecae1"]),
+                      vmin=0, vmax=1, interpolation="nearest")
+        a_mask.set_title(f"{name}\nTRF mask", fontsize=7)
+        if emap is not None:
+            im = _map_panel(a_erf, normalize_map(np.asarray(emap)), vmax=1.0, title="ERF")
+        else:
+            a_erf.text(0.5, 0.5, "no ERF", ha="center", va="center", fontsize=7)
+        for a in (a_mask, a_erf):
+            a.set_xticks([])
+            a.set_yticks([])
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="ERF / its peak")
+    return fig

@@ -17,63 +17,7 @@ F = torch.nn.functional
 
 import rfjax  # noqa: E402
 from rfjax.adapters import pytorch as rt  # noqa: E402
-
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
-                nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh)
-
-
-def surrogate(module):
-    """float64 copy: activations -> identity, max-pool -> average pool, positive weights and
-    batch-norm statistics that keep positive values positive (mean 0), so that on a positive
-    input every value is positive and functional activations (``F.relu``) pass gradients."""
-    m = copy.deepcopy(module).double().eval()
-    for _, sub in list(m.named_modules()):
-        for cname, child in list(sub.named_children()):
-            if isinstance(child, _ACTIVATIONS):
-                setattr(sub, cname, nn.Identity())
-            elif isinstance(child, nn.MaxPool2d):
-                setattr(sub, cname, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
-                                                 ceil_mode=child.ceil_mode))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(p.abs() + 0.05)
-        for b_name, b in m.named_buffers():
-            if b.is_floating_point():
-                b.copy_(b.abs() * 0 if b_name.endswith("running_mean") else b.abs() + 0.5)
-    return m
-
-
-def select(out, output):
-    if output is None:
-        return out
-    return out[output]
-
-
-def run(module, x, output=None, layer=None):
-    """``module(x)``, or the output of its submodule ``layer`` (a forward hook)."""
-    if layer is None:
-        return select(module(x), output)
-    seen = {}
-    hook = dict(module.named_modules())[layer].register_forward_hook(
-        lambda mod, i, o: seen.__setitem__("out", o))
-    try:
-        module(x)
-    finally:
-        hook.remove()
-    return seen["out"]
-
-
-def grad_support(module, shape, unit, output=None, layer=None, seeds=(0, 1)):
-    """(H, W) boolean: where d(sum_c out[0, c, unit]) / dx != 0 in the surrogate, float64."""
-    m = surrogate(module)
-    sup = np.zeros(shape[2:], bool)
-    for s in seeds:
-        x = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
-        x = (x + 0.1).requires_grad_(True)
-        y = run(m, x, output, layer)
-        y[(0, slice(None)) + tuple(unit)].sum().backward()
-        sup |= (x.grad[0] != 0).any(dim=0).numpy()
-    return sup
+from rfjax.adapters.oracle import grad_support, run  # noqa: E402
 
 
 def torch_erf(module, x, unit, output=None, layer=None):

@@ -1,0 +1,108 @@
+"""The TRF oracle for PyTorch modules, without JAX: the support of a float64 PyTorch gradient.
+
+:func:`grad_support` is where ``d(sum_c out[0, c, unit]) / dx`` is nonzero in a *surrogate*
+of the module (:func:`surrogate`: a float64 copy with activations replaced by the identity,
+max-pooling by average pooling, positive weights and batch-norm statistics that keep
+positive values positive), on positive random inputs: no gradient can cancel or vanish, so
+its support is the exact theoretical receptive field that :func:`rfjax.trf` computes. Used
+by the tests (``tests/test_adapters_torch.py``) and the atlas (:mod:`rfjax.atlas`).
+
+Known limits of the surrogate: an activation module that is neither one of
+:data:`ACTIVATIONS` nor named like one (by class name, e.g. timm's ``HardSigmoid``) is kept,
+and a saturating one (hard sigmoid, ReLU6) can then zero a gradient that the TRF counts.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ACTIVATION_NAMES", "activations", "grad_support", "run", "select", "surrogate"]
+
+#: Class names of activation modules outside ``torch.nn`` (timm's own) made the identity too.
+ACTIVATION_NAMES = frozenset({
+    "GELU", "GELUTanh", "QuickGELU", "SiLU", "Swish", "SwishAuto", "Mish", "HardSwish",
+    "HardSigmoid", "HardMish", "Sigmoid", "Tanh", "PReLU", "ReLU", "ReLU6", "LeakyReLU", "ELU",
+    "Hardswish", "Hardsigmoid", "GELUTanhApprox", "SwishMe", "MishMe", "HardSwishMe",
+    "HardSigmoidMe", "HardMishMe", "Softplus", "CELU", "SELU",
+})
+
+
+def activations() -> tuple:
+    """The ``torch.nn`` activation classes the surrogate replaces by the identity."""
+    import torch.nn as nn
+
+    return (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+            nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh)
+
+
+def _is_activation(child: Any, classes: tuple) -> bool:
+    return isinstance(child, classes) or type(child).__name__ in ACTIVATION_NAMES
+
+
+def surrogate(module):
+    """float64 copy: activations -> identity, max-pool -> average pool, positive weights and
+    batch-norm statistics that keep positive values positive (mean 0), so that on a positive
+    input every value is positive and functional activations (``F.relu``) pass gradients."""
+    import torch
+    import torch.nn as nn
+
+    classes = activations()
+    m = copy.deepcopy(module).double().eval()
+    for _, sub in list(m.named_modules()):
+        for cname, child in list(sub.named_children()):
+            if _is_activation(child, classes):
+                setattr(sub, cname, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d):
+                setattr(sub, cname, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                 ceil_mode=child.ceil_mode))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(p.abs() + 0.05)
+        for b_name, b in m.named_buffers():
+            if b.is_floating_point():
+                b.copy_(b.abs() * 0 if b_name.endswith("running_mean") else b.abs() + 0.5)
+    return m
+
+
+def select(out, output):
+    """``out`` itself (``output=None``), ``output(out)`` for a callable, else ``out[output]``."""
+    if output is None:
+        return out
+    if callable(output):
+        return output(out)
+    return out[output]
+
+
+def run(module, x, output=None, layer=None):
+    """``module(x)``, or the output of its submodule ``layer`` (a forward hook)."""
+    if layer is None:
+        return select(module(x), output)
+    seen = {}
+    hook = dict(module.named_modules())[layer].register_forward_hook(
+        lambda mod, i, o: seen.__setitem__("out", o))
+    try:
+        module(x)
+    finally:
+        hook.remove()
+    return select(seen["out"], output) if callable(output) else seen["out"]
+
+
+def grad_support(module, shape, unit, output=None, layer=None, seeds=(0, 1)):
+    """(H, W) boolean: where d(sum_c out[0, c, unit]) / dx != 0 in the surrogate, float64.
+
+    ``output``: an index or key into the module's output, or a callable applied to the
+    output (or to the ``layer``'s output) that returns ``(N, C, *spatial)``."""
+    import torch
+
+    m = surrogate(module)
+    sup = np.zeros(shape[2:], bool)
+    for s in seeds:
+        x = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+        x = (x + 0.1).requires_grad_(True)
+        y = run(m, x, output, layer)
+        y[(0, slice(None)) + tuple(unit)].sum().backward()
+        sup |= (x.grad[0] != 0).any(dim=0).numpy()
+    return sup
