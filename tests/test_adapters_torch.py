@@ -247,3 +247,20 @@ def test_erf_of_a_model_trained_saved_and_loaded_on_real_cifar(tmp_path):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5 * want.max())
     untrained = np.asarray(rfjax.erf(make(), test, unit=(8, 8), layer="4").map)
     assert np.abs(untrained / untrained.sum() - got / got.sum()).max() > 1e-3
+
+
+def test_batch_statistics_of_an_explicit_functional_batch_norm():
+    """timm's ScaledStdConv standardises its kernel with F.batch_norm(training=True)."""
+    class StdConv(nn.Conv2d):
+        def forward(self, x):
+            w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                             training=True, momentum=0.0, eps=1e-5).reshape_as(self.weight)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+    torch.manual_seed(4)
+    m = StdConv(3, 4, 3, padding=1).eval()
+    x = torch.randn(2, 3, 9, 9)
+    fn, xn = rfjax.from_torch(m, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert rfjax.trf(m, (1, 3, 9, 9)).size == (3, 3)

@@ -91,9 +91,12 @@ def _channel(v, ndim: int):
 
 def batch_norm(x, weight, bias, mean, var, training=False, momentum=0.1, eps=1e-5,
                cudnn_enabled=True):
-    if training:
-        raise UnsupportedOperatorError("batch_norm in training mode (rfjax evaluates in "
-                                       "eval mode; call module.eval())")
+    if training or mean is None:
+        # batch statistics: in an eval-mode module only an explicit F.batch_norm(...,
+        # training=True) gets here, e.g. timm's weight standardisation of conv kernels
+        axes = tuple(a for a in range(x.ndim) if a != 1)
+        mean = jnp.mean(x, axis=axes)
+        var = jnp.var(x, axis=axes)
     y = (x - _channel(mean, x.ndim)) * lax.rsqrt(_channel(var, x.ndim) + eps)
     if weight is not None:
         y = y * _channel(weight, x.ndim)
