@@ -21,8 +21,11 @@ import numpy as np
 
 __all__ = ["ACTIVATION_NAMES", "activations", "grad_support", "run", "select", "surrogate"]
 
-#: Class names of activation modules outside ``torch.nn`` (timm's own) made the identity too.
+#: Class names of activation modules outside ``torch.nn`` (timm's own) made the identity too;
+#: so is ResNeSt's ``RadixSoftmax``: with positive weights the surrogate's values reach 1e15,
+#: where a softmax saturates and its gradient (the split-attention gate's) underflows to 0.
 ACTIVATION_NAMES = frozenset({
+    "RadixSoftmax",
     "GELU", "GELUTanh", "QuickGELU", "SiLU", "Swish", "SwishAuto", "Mish", "HardSwish",
     "HardSigmoid", "HardMish", "Sigmoid", "Tanh", "PReLU", "ReLU", "ReLU6", "LeakyReLU", "ELU",
     "Hardswish", "Hardsigmoid", "GELUTanhApprox", "SwishMe", "MishMe", "HardSwishMe",
