@@ -68,26 +68,26 @@ class Prepared:
     channel_axis: int
 
 
-def _module_of(obj: Any, name: str) -> Any:
+def _module_of(name: str) -> Any:
     """The framework module ``name`` if it is imported already (``None`` otherwise): an
     object of that framework cannot exist before its import."""
     return sys.modules.get(name)
 
 
 def _framework(fn: Any) -> str:
-    if _module_of(fn, "torch") is not None:
+    if _module_of("torch") is not None:
         from rfjax.adapters import pytorch
 
         if pytorch.is_torch_module(fn):
             return "torch"
-    keras = _module_of(fn, "keras")
+    keras = _module_of("keras")
     if keras is not None and isinstance(fn, keras.Layer):
         return "keras"
     if (isinstance(fn, tuple) and len(fn) in (2, 3) and hasattr(fn[0], "init")
-            and hasattr(fn[0], "apply") and _module_of(fn, "haiku") is not None
+            and hasattr(fn[0], "apply") and _module_of("haiku") is not None
             and type(fn[0]).__module__.partition(".")[0] == "haiku"):  # not (flax module, p)
         return "haiku"
-    eqx = _module_of(fn, "equinox")
+    eqx = _module_of("equinox")
     if eqx is not None and isinstance(fn, eqx.Module) and not isinstance(fn, eqx.Partial):
         return "equinox"
     return "jax"
@@ -153,7 +153,6 @@ def prepare(fn: Any, example: Any, *, channel_axis: int | None = None,
         from rfjax.adapters import keras_models
 
         base = callables.resolve(keras_models.from_keras(fn, layer=layer))
-        _DEFAULT_AXIS["keras"] = keras_models.default_channel_axis()
     elif kind == "haiku":
         from rfjax.adapters import haiku_models
 
@@ -168,9 +167,16 @@ def prepare(fn: Any, example: Any, *, channel_axis: int | None = None,
                 f"fn must be callable (a function of one array), got {type(fn)}")
         base = callables.resolve(fn)
     given = channel_axis is not None
-    axis = layout.normalize_axis(channel_axis if given else _DEFAULT_AXIS[kind], len(shape))
+    if not given:
+        if kind == "keras":  # Keras's configured image_data_format, read when it is used
+            from rfjax.adapters import keras_models
+
+            channel_axis = keras_models.default_channel_axis()
+        else:
+            channel_axis = _DEFAULT_AXIS[kind]
+    axis = layout.normalize_axis(channel_axis, len(shape))
     if axis == len(shape) - 1:
-        layout.check_layout(shape, channel_axis, kind)
+        layout.check_layout(shape, channel_axis if given else None, kind)
     res = layout.wrap(base, len(shape), axis, grid, prefix_tokens)
     cl_shape = shape[:axis] + shape[axis + 1:] + (shape[axis],)
 

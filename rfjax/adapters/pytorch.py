@@ -109,8 +109,6 @@ class Program:
                 return type(a)(value(v) for v in a)
             if isinstance(a, dict):
                 return {k: value(v) for k, v in a.items()}
-            if type(a).__name__ == "dtype" and type(a).__module__ == "torch":
-                return a
             return a
 
         for node in self.nodes:
@@ -137,10 +135,7 @@ class Program:
             return
         fn = lookup(name, overload)
         if fn is None:
-            raise UnsupportedOperatorError(
-                f"rfjax has no JAX lowering for the PyTorch operator aten.{name}.{overload} "
-                f"(in module {_scope(node) or '<top>'}). Open an issue with the operator, or "
-                "express it with supported operators")
+            raise _unsupported(node, name, overload)
         args, kwargs = value(node.args), value(node.kwargs)
         with jax.named_scope(_scope_name(node)):
             try:
@@ -152,6 +147,13 @@ class Program:
             views[node] = (node.args[0], name, node.args[1:])
         if _mutates(node.target) and node.args and _is_node(node.args[0]):
             _write_back(node.args[0], out, env, views)
+
+
+def _unsupported(node, name: str, overload: str) -> UnsupportedOperatorError:
+    return UnsupportedOperatorError(
+        f"rfjax has no JAX lowering for the PyTorch operator aten.{name}.{overload} "
+        f"(in module {_scope(node) or '<top>'}). Open an issue with the operator, or express "
+        "it with supported operators")
 
 
 def _is_node(a) -> bool:
@@ -310,10 +312,7 @@ def _check(prog: Program) -> None:
         if name.startswith("_assert"):
             continue
         if lookup(name, overload) is None:
-            raise UnsupportedOperatorError(
-                f"rfjax has no JAX lowering for the PyTorch operator aten.{name}.{overload} "
-                f"(in module {_scope(node) or '<top>'}). Open an issue with the operator, or "
-                "express it with supported operators")
+            raise _unsupported(node, name, overload)
         if _mutates(node.target) and node.args and _is_node(node.args[0]):
             src = node.args[0]
             if src.op == "call_function" and src.target is not operator.getitem:

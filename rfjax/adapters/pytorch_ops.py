@@ -529,12 +529,6 @@ def _dropout(x, *args, **kwargs):  # evaluation mode: the identity
     return x
 
 
-def _first(fn):
-    def rule(x, *args, **kwargs):
-        return fn(x)
-    return rule
-
-
 def _hardtanh(x, lo=-1.0, hi=1.0):
     return jnp.clip(x, lo, hi)
 
