@@ -120,22 +120,30 @@ def _relation(n_in, n_out, k, s, d, pad_lo, D):
 
 
 def oracle(nd, in_sizes, nodes):
-    """Dependency of every node position on every input position: (*sizes, *in_sizes)."""
+    """Dependency of every node position on every input position: (*sizes, *in_sizes).
+
+    A max-pooling window over padding only is ``-inf`` whatever ``x`` is, and so is a sum
+    with such an element (``-inf + a == -inf`` for finite ``a``, the engine's one assumption,
+    see :mod:`rfjax.engine.known`): those elements depend on nothing. ``neg`` tracks them; a
+    pooling window of ``-inf`` elements and padding is ``-inf`` too. Convolutions carry known
+    zeros only, so a ``-inf`` they read counts as a value (its own dependency set is empty)."""
     eye = np.eye(int(np.prod(in_sizes)), dtype=bool).reshape(in_sizes + in_sizes)
     deps = [eye]
+    negs = [np.zeros(in_sizes, bool)]
     for node in nodes[1:]:
         if node[0] in ("add", "concat"):
-            deps.append(deps[node[2]] | deps[node[3]])
+            neg = negs[node[2]] | negs[node[3]]
+            deps.append((deps[node[2]] | deps[node[3]]) & ~neg.reshape(neg.shape + (1,) * nd))
+            negs.append(neg)
             continue
         _, out, src, k, s, d, pads, D = node
-        dep = deps[src]
+        dep, live = deps[src], ~negs[src]
         for a in range(nd):
             R = _relation(dep.shape[a], out[a], k[a], s[a], d[a], pads[a][0], D[a])
-            # out[u] = OR_q R[u, q] & dep[q] along axis a
-            moved = np.moveaxis(dep, a, 0)
-            res = np.tensordot(R.astype(np.int32), moved.astype(np.int32), axes=(1, 0)) > 0
-            dep = np.moveaxis(res, 0, a)
+            dep = _along(dep, a, R)  # out[u] = OR_q R[u, q] & dep[q] along axis a
+            live = _along(live, a, R)
         deps.append(dep)
+        negs.append(~live if node[0] == "pool" else np.zeros(out, bool))
     return deps[-1]
 
 
@@ -155,9 +163,14 @@ def trf_with_masks(fn, nd, in_sizes, expect):
     return t
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=False, database=None,
+@settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(architectures())
+# (a CI failure) a max-pool window over padding only is -inf; added to a convolution of x it
+# fixes the sum, which then depends on nothing
+@example((1, (3,), [("input", (3,)), ("conv", (2,), 0, (1,), (2,), (1,), ((0, 0),), (1,)),
+                    ("pool", (2,), 0, (1,), (2,), (1,), ((1, 0),), (1,)), ("add", (3,), 0, 0),
+                    ("add", (2,), 1, 2)]))
 def test_generated_architectures_match_oracle(arch):
     nd, in_sizes, nodes = arch
     expect = oracle(nd, in_sizes, nodes)
@@ -492,7 +505,7 @@ def check_summaries(t, expect, nd):
             assert t.aligned_axes[a] and t.stride[a] != 0, (a, t)
 
 
-@settings(max_examples=FAMILY_EXAMPLES, deadline=None, derandomize=False, database=None,
+@settings(max_examples=FAMILY_EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(pipelines())
 @example(ZERO_ROW_SE)
@@ -520,9 +533,8 @@ def gradient_support(fn, in_sizes, seeds=(0, 1, 2)):
 _MAXLIKE = {("cum", "cummax"), ("cum", "assoc_max"), ("global", "max")}
 
 
-@settings(max_examples=max(1, EXAMPLES // 25), deadline=None, derandomize=False,
-          database=None, suppress_health_check=[HealthCheck.too_slow,
-                                                HealthCheck.data_too_large])
+@settings(max_examples=max(1, EXAMPLES // 25), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(pipelines())
 @example(ZERO_ROW_SE)
 def test_family_oracle_matches_gradient_support(pipe):
