@@ -115,6 +115,31 @@ def apply_relation(mask: np.ndarray, axis: int, R: np.ndarray) -> np.ndarray:
     return np.moveaxis(out, -1, axis)
 
 
+def apply_relations(mask: np.ndarray, rels: dict[int, np.ndarray]) -> np.ndarray:
+    """:func:`apply_relation` along every axis of ``rels`` (``{axis: R}``). Axes outside
+    ``rels`` (not the leading query axis) on which the mask is the same at every index (a
+    feature axis whose channels share their mask: depthwise convolutions, pooling) are
+    carried at size 1 through the products and broadcast back, so the cost does not grow
+    with the number of channels. Returns a new, writable array."""
+    if not rels:
+        return mask
+    out_shape = list(mask.shape)
+    for a, R in rels.items():
+        out_shape[a] = R.shape[1]
+    small = mask
+    for a in range(1, mask.ndim):
+        if a in rels or small.shape[a] == 1:
+            continue
+        first = small[(slice(None),) * a + (slice(0, 1),)]
+        if np.array_equal(small, np.broadcast_to(first, small.shape)):
+            small = first
+    for a, R in rels.items():
+        small = apply_relation(small, a, R)
+    if small.shape == tuple(out_shape):
+        return small
+    return np.broadcast_to(small, out_shape).copy()
+
+
 def window_forward_info(info: Info, windows: dict[int, Window], ndim: int) -> Info:
     lo, hi, slope = [], [], []
     for a in range(info.naxes):

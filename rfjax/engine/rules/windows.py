@@ -19,6 +19,7 @@ from rfjax.engine.records import ConeRule, PrimitiveRule
 from rfjax.engine.window import (
     Window,
     apply_relation,
+    apply_relations,
     group_any,
     group_expand,
     group_reduce,
@@ -107,9 +108,7 @@ def conv_rule(eqn, infos, env, ctx, prefix):
             res[0] = taps.backward(m, lspec, ospec, lhs_shape)
         elif lhs_i is not None:
             M = np.transpose(m, (0,) + tuple(1 + j for j in ospec))  # (Q, batch, feat, sp...)
-            M = group_any(M, 2, G, cout)
-            for i in range(nsp):
-                M = apply_relation(M, 3 + i, rels[i])
+            M = apply_relations(group_any(M, 2, G, cout), {3 + i: rels[i] for i in range(nsp)})
             M = np.repeat(M, cin // G, axis=2)
             inv = np.argsort(lspec)
             res[0] = np.transpose(M, (0,) + tuple(1 + j for j in inv))
@@ -238,8 +237,7 @@ def reduce_window_rule(eqn, infos, env, ctx, prefix):
         for o in oms:
             if o is not None:
                 m = o if m is None else (m | o)
-        for j, R in rels.items():
-            m = apply_relation(m, 1 + j, R)
+        m = apply_relations(m, {1 + j: R for j, R in rels.items()})
         res = [m if i is not None else None for i in data_infos]
         return res + [None] * (len(infos) - len(data_infos))
 
@@ -269,10 +267,7 @@ def pad_rule(eqn, infos, env, ctx, prefix):
         m = oms[0]
         res = [None, None]
         if op_i is not None:
-            r = m
-            for j, R in rels.items():
-                r = apply_relation(r, 1 + j, R)
-            res[0] = r
+            res[0] = apply_relations(m, {1 + j: R for j, R in rels.items()})
         if pv_i is not None:
             res[1] = m.reshape(m.shape[0], -1).any(axis=1)
         return res
