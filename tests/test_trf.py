@@ -542,7 +542,7 @@ def test_static_scatter_set_and_add_match_gradient_support():
         for u in [(0, 4), (1, 0), (2, 7), (5, 3)]:
             g = jax.grad(lambda z, u=u: f(z)[(0,) + u].sum())(x)
             assert (np.asarray(g[0, ..., 0] != 0) == t.mask(u)).all()
-    dup = lambda x: x.at[:, jnp.array([1, 1])].add(x[:, :2])  # noqa: E731
+    dup = lambda x: x.at[:, jnp.array([1, 1])].set(x[:, :2])  # noqa: E731
     with pytest.raises(rfjax.UnsupportedPrimitiveError, match="duplicate"):
         rfjax.trf(dup, (1, 8, 8, 1))
     dyn = lambda x: x.at[:, jnp.argmax(x[0, :, 0, 0])].set(0.0)  # noqa: E731

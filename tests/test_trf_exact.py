@@ -120,6 +120,31 @@ def test_scatter_update_jaxpr_reading_both_or_neither():
     assert not t.mask((5, 2)).any() and t.mask((1, 2))[[1, 6], 2].all()
 
 
+@pytest.mark.parametrize("mode", ["add", "drop", "clip"])
+def test_combining_scatter_with_duplicate_indices(mode):
+    """Several updates landing on one element: a combining scatter reads all of them (and
+    the operand); updates out of bounds are dropped or clipped as XLA does. ``max`` reads
+    what ``add`` reads (its gradient picks one element, so it is compared with ``add``)."""
+    idx = jnp.array([1, 1, 4]) if mode == "add" else jnp.array([-20, 3, 30])
+
+    def f(x):
+        return x.at[:, idx].add(x[:, 5:8] * 2.0, mode=None if mode == "add" else mode)
+
+    units = [(u,) for u in range(12)]
+    t = assert_exact(f, (1, 12, 2), units=units)
+    if mode == "add":
+        assert np.nonzero(t.mask((1,)))[0].tolist() == [1, 5, 6]
+        t_max = rfjax.trf(lambda x: x.at[:, idx].max(x[:, 5:8] * 2.0), (1, 12, 2))
+        assert (t_max.masks(units) == t.masks(units)).all()
+    if mode == "clip":  # -20 -> 0, 30 -> 11
+        assert np.nonzero(t.mask((11,)))[0].tolist() == [7, 11]
+
+
+def test_overwriting_scatter_with_duplicate_indices_is_refused():
+    with pytest.raises(rfjax.UnsupportedPrimitiveError, match="duplicate .* unspecified"):
+        rfjax.trf(lambda x: x.at[:, jnp.array([1, 1])].set(x[:, :2]), (1, 8, 1))
+
+
 # ------------------------------------------------------------------ 3. constants as XLA does
 
 
@@ -355,15 +380,15 @@ def test_debug_print_and_callbacks_are_ignored(capsys):
 
 def test_unsupported_primitive_inside_jnp_jit_names_the_users_line():
     def f(x):
-        return jnp.fft.fft2(x, axes=(1, 2)).real
+        return jnp.linalg.det(x[..., 0])[:, None, None, None] * x
 
     src, first = inspect.getsourcelines(f)
-    line = next(k for k, s in enumerate(src) if "fft2" in s)
-    where = f"{__file__}:{first + line}:{src[line].index('jnp.fft.fft2')} ({f.__qualname__})"
+    line = next(k for k, s in enumerate(src) if "det" in s)
+    where = f"{__file__}:{first + line}:{src[line].index('jnp.linalg.det')} ({f.__qualname__})"
     with pytest.raises(rfjax.UnsupportedPrimitiveError) as e:
         rfjax.trf(f, (1, 8, 8, 1))
     assert str(e.value) == (
-        f"rfjax.trf has no rule for the primitive 'fft' at {where}, which lies on the path "
+        f"rfjax.trf has no rule for the primitive 'lu' at {where}, which lies on the path "
         "from the input to the output. Open an issue with this primitive, or express the "
         "operation with supported primitives (convolutions, pooling, elementwise ops, "
         "dot_general, reshapes, static gathers).")
@@ -381,6 +406,29 @@ def test_dynamic_gather_inside_jnp_jit_names_the_users_line():
         rfjax.trf(f, (1, 8, 8, 1))
     assert str(e.value).startswith(f"'gather' at {where} uses indices that depend on the "
                                    "input")
+
+
+@pytest.mark.parametrize("fft", [
+    lambda x: jnp.abs(jnp.fft.fft(x, axis=1)),
+    lambda x: jnp.fft.rfft(x, axis=2).real,
+    lambda x: jnp.abs(jnp.fft.fft2(x, axes=(1, 2))),
+    lambda x: jnp.fft.irfft(x[..., 0], n=9, axis=1)[..., None] ** 2,
+], ids=["fft_rows", "rfft_columns", "fft2", "irfft_resized"])
+def test_fft_mixes_its_axes_only(fft):
+    """A Fourier transform mixes the whole signal along its axes (every coefficient reads
+    every sample) and nothing across the others; ``irfft(n=9)`` reads the first 9 // 2 + 1
+    coefficients of the 7 it is given."""
+    t = assert_exact(fft, (1, 7, 6, 2))
+    if t.output_shape[0] == 9:
+        assert np.nonzero(t.mask((4, 2)).any(axis=1))[0].tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("mode", ["edge", "mean", "linear_ramp", "wrap", "symmetric"])
+def test_pad_modes_with_zero_size_intermediates(mode):
+    """``jnp.pad``'s edge and statistic modes build zero-size arrays on the way: they hold no
+    element and depend on nothing."""
+    assert_exact(lambda x: jnp.pad(x, ((0, 0), (3, 2), (0, 1), (0, 0)), mode=mode),
+                 (1, 7, 5, 2))
 
 
 # ------------------------------------------------------------------ 8. sort by fixed keys

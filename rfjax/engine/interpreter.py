@@ -132,6 +132,14 @@ def forward(jaxpr: jcore.Jaxpr, consts: Sequence[Any], in_infos: Sequence[Info |
         if not any(i is not None for i in infos):
             _evaluate_constant(eqn, env, ctx)
             continue
+        if all(0 in o.aval.shape for o in eqn.outvars if hasattr(o.aval, "shape")):
+            # zero-size outputs (jnp.pad's edge mode builds some) hold no element, so no
+            # dependency: they are constants of the program
+            for o in eqn.outvars:
+                if not isinstance(o, jcore.DropVar):
+                    env.val[o] = np.zeros(o.aval.shape, o.aval.dtype)
+                    env.pure[o] = True
+            continue
         rule = registry.lookup(eqn.primitive.name)
         if rule is None and env.unused(eqn):
             continue  # nothing flows out of it (jax.debug.print, other effects)

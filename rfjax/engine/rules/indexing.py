@@ -8,6 +8,8 @@ that depend on runtime values are refused.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend import core as jcore
@@ -145,13 +147,33 @@ def _update_reads(eqn) -> tuple[bool, bool]:
     return old in need, upd in need
 
 
+def _destinations(eqn, idx: np.ndarray, shape, ushape) -> np.ndarray:
+    """Per update element (flattened), the flat index of the output element it is written
+    to, or -1 where it is dropped (out of bounds): the scatter's transpose, a gather, applied
+    by JAX itself to the output's element numbers, so every mode and dimension layout is read
+    as XLA reads it (1 is added so that a dropped element, gathered as 0, stays apart)."""
+    kw = dict(dimension_numbers=eqn.params["dimension_numbers"],
+              indices_are_sorted=eqn.params["indices_are_sorted"],
+              unique_indices=False, mode=eqn.params["mode"])
+    size = int(np.prod(shape, dtype=np.int64))
+    with jax.enable_x64(True):  # element numbers are exact in float64
+        def scatter(u):
+            return lax.scatter_add(jnp.zeros(shape, jnp.float64), idx, u, **kw)
+
+        _, transpose = jax.vjp(scatter, jnp.zeros(ushape, jnp.float64))
+        (dest,) = transpose(jnp.arange(1, size + 1, dtype=jnp.float64).reshape(shape))
+    return np.asarray(dest).astype(np.int64).ravel() - 1
+
+
 def scatter_rule(eqn, infos, env, ctx, prefix):
     """scatter / scatter-add / -mul / -min / -max / -sub with indices fixed by the program.
 
     Each written output element depends on what the scatter's ``update_jaxpr`` reads: the
-    update written to it and the operand element at the same place (a plain ``scatter``
-    overwrites, ``x.at[i].apply(f)`` reads only the operand, ``add`` reads both). Duplicate
-    indices (several updates landing on one element) are refused rather than approximated."""
+    updates written to it and the operand element at the same place (a plain ``scatter``
+    overwrites, ``x.at[i].apply(f)`` reads only the operand, ``add`` reads both). Several
+    updates landing on one element (duplicate indices) are all read by the combining
+    scatters (``add``, ``max``, ...); an overwriting ``scatter`` keeps one of them, which one
+    XLA leaves unspecified, so that case is refused rather than approximated."""
     name = eqn.primitive.name
     op_v, idx_v, upd_v = eqn.invars[:3]
     op_i, idx_i, upd_i = infos[:3]
@@ -162,20 +184,16 @@ def scatter_rule(eqn, infos, env, ctx, prefix):
     idx = np.asarray(env.read_val(idx_v))
     shape = tuple(op_v.aval.shape)
     ushape = tuple(upd_v.aval.shape)
-    m = int(np.prod(ushape, dtype=np.int64))
-    kw = dict(dimension_numbers=eqn.params["dimension_numbers"],
-              indices_are_sorted=eqn.params["indices_are_sorted"],
-              unique_indices=eqn.params["unique_indices"], mode=eqn.params["mode"])
-    src = np.asarray(lax.scatter(np.full(shape, -1, np.int32), idx,
-                                 np.arange(m, dtype=np.int32).reshape(ushape), **kw))
-    count = np.asarray(lax.scatter_add(np.zeros(shape, np.int32), idx,
-                                       np.ones(ushape, np.int32), **kw))
-    if count.max(initial=0) > 1:
+    dest = _destinations(eqn, idx, shape, ushape)
+    landed = dest >= 0
+    count = np.bincount(dest[landed], minlength=int(np.prod(shape, dtype=np.int64)))
+    keeps_operand, reads_update = _update_reads(eqn)
+    if count.max(initial=0) > 1 and not keeps_operand:
         raise UnsupportedPrimitiveError(
             f"'{name}' at {source_line(eqn)} writes several updates to one element (duplicate "
-            "indices); rfjax.trf does not support that case.")
-    written = src >= 0
-    keeps_operand, reads_update = _update_reads(eqn)
+            "indices) and keeps one of them, which one XLA leaves unspecified; rfjax.trf does "
+            "not support that case (make the indices unique, or combine with .add/.max).")
+    written = (count > 0).reshape(shape)
     if not reads_update:
         upd_i = None
     lo, hi, slope = [], [], []
@@ -188,11 +206,12 @@ def scatter_rule(eqn, infos, env, ctx, prefix):
             L = np.where(keep, opL, L)
             H = np.where(keep, opH, H)
         if upd_i is not None:
-            uL = materialize(upd_i.lo[a], ushape).ravel()
-            uH = materialize(upd_i.hi[a], ushape).ravel()
-            j = np.where(written, src, 0)
-            L = np.where(written, np.minimum(L, uL[j]), L)
-            H = np.where(written, np.maximum(H, uH[j]), H)
+            uL = materialize(upd_i.lo[a], ushape).ravel()[landed]
+            uH = materialize(upd_i.hi[a], ushape).ravel()[landed]
+            L, H = L.ravel(), H.ravel()
+            np.minimum.at(L, dest[landed], uL)
+            np.maximum.at(H, dest[landed], uH)
+            L, H = L.reshape(shape), H.reshape(shape)
         lo.append(L)
         hi.append(H)
         slope.append(estimate_slopes(L, shape))
@@ -204,9 +223,8 @@ def scatter_rule(eqn, infos, env, ctx, prefix):
             res[0] = mo if keeps_operand else mo & ~written[None]
         if upd_i is not None:
             Q = mo.shape[0]
-            flat = np.zeros((Q, m), dtype=bool)
-            pos = np.nonzero(written.ravel())[0]
-            flat[:, src.ravel()[pos]] = mo.reshape(Q, -1)[:, pos]
+            flat = np.zeros((Q, dest.size), dtype=bool)
+            flat[:, landed] = mo.reshape(Q, -1)[:, dest[landed]]
             res[2] = flat.reshape((Q,) + ushape)
         return res
 

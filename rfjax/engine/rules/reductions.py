@@ -89,6 +89,29 @@ def sort_rule(eqn, infos, env, ctx, prefix):
     return [out] * len(eqn.outvars), bwd
 
 
+def fft_rule(eqn, infos, env, ctx, prefix):
+    """``lax.fft`` over the trailing ``len(fft_lengths)`` axes: every output element depends
+    on every operand element along those axes (a Fourier coefficient mixes the whole signal;
+    the real transforms change the last axis' length) and on nothing elsewhere."""
+    (info,) = infos
+    shape = tuple(eqn.invars[0].aval.shape)
+    n = len(shape)
+    axes = tuple(range(n - len(eqn.params["fft_lengths"]), n))
+    slope = []
+    for s in info.slope:
+        s = np.array(s, dtype=float)
+        s[list(axes)] = 0.0
+        slope.append(s)
+    out = Info([bshape(x, n).min(axis=axes, keepdims=True) for x in info.lo],
+               [bshape(x, n).max(axis=axes, keepdims=True) for x in info.hi], slope)
+
+    def bwd(oms):
+        m = oms[0].any(axis=tuple(1 + a for a in axes), keepdims=True)
+        return [np.broadcast_to(m, (m.shape[0],) + shape).copy()]
+
+    return [out], bwd
+
+
 def _fixed_permutation(eqn, infos, env):
     """``(perm, group)`` when the sort's keys are fixed by the program: ``perm`` (along the
     sorted axis, moved last, flattened to rows) gives the source of each output element;
@@ -325,6 +348,7 @@ RULES = [
 ] + [
     PrimitiveRule("reduce_xor", reduce_rule),
     PrimitiveRule("sort", sort_rule, row=True),
+    PrimitiveRule("fft", fft_rule, row=True),
     PrimitiveRule("top_k", top_k_rule, row=True),
     PrimitiveRule("dot_general", dot_general_rule,
                   ConeRule(_dot_general_labels), row=True),
