@@ -423,6 +423,23 @@ def test_fft_mixes_its_axes_only(fft):
         assert np.nonzero(t.mask((4, 2)).any(axis=1))[0].tolist() == [0, 1, 2, 3, 4]
 
 
+def test_collectives_under_vmap_generic_reduce_and_approx_top_k():
+    """``lax.pmean`` under ``jax.vmap(axis_name=)`` is a mean over the mapped axis;
+    ``lax.reduce`` with a computation of its own reads every element it reduces;
+    ``approx_max_k`` may select any element of its axis, like ``top_k``."""
+    centred = jax.vmap(lambda r: r - lax.pmean(r, "i"), in_axes=2, out_axes=2, axis_name="i")
+    t = assert_exact(lambda x: centred(x) ** 2, (1, 5, 6, 2))
+    assert t.is_global == (False, True)
+    t = assert_exact(lambda x: lax.reduce(x, 0.0, lambda a, b: a + 2.0 * b, (1,))[:, None]
+                     * jnp.ones_like(x), (1, 6, 3, 2))
+    assert t.is_global == (True, False)
+    t_approx = rfjax.trf(lambda x: lax.approx_max_k(x, 2, reduction_dimension=1)[0],
+                         (1, 6, 3, 2))
+    t_top = rfjax.trf(lambda x: lax.top_k(jnp.swapaxes(x, 1, -1), 2)[0].swapaxes(1, -1),
+                      (1, 6, 3, 2))
+    assert (t_approx.masks() == t_top.masks()).all() and t_approx.is_global == (True, False)
+
+
 @pytest.mark.parametrize("mode", ["edge", "mean", "linear_ramp", "wrap", "symmetric"])
 def test_pad_modes_with_zero_size_intermediates(mode):
     """``jnp.pad``'s edge and statistic modes build zero-size arrays on the way: they hold no

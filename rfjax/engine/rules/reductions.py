@@ -7,6 +7,7 @@ import numpy as np
 
 from rfjax.engine import constants, known, known_structure
 from rfjax.engine.cone_ir import Unsupported, is_dependent
+from rfjax.engine.errors import UnsupportedPrimitiveError, source_line
 from rfjax.engine.fields import INF, Info, bshape, combine, estimate_slopes, materialize
 from rfjax.engine.records import ConeRule, PrimitiveRule
 
@@ -27,6 +28,80 @@ def reduce_rule(eqn, infos, env, ctx, prefix):
         return [np.broadcast_to(m, (m.shape[0],) + in_shape).copy()]
 
     return [out], bwd
+
+
+def generic_reduce_rule(eqn, infos, env, ctx, prefix):
+    """``lax.reduce`` with a computation of its own (several operands, e.g. an argmax as a
+    value/index pair): every output reads every operand and initial value along
+    ``dimensions``, whatever the computation does with them."""
+    axes = tuple(eqn.params["dimensions"])
+    half = len(eqn.invars) // 2
+    in_shape = tuple(eqn.invars[0].aval.shape)
+    n = len(in_shape)
+    keep = [j for j in range(n) if j not in axes]
+    each = []
+    for k, i in enumerate(infos):
+        if i is None:
+            continue
+        if k < half:
+            each.append(Info([bshape(x, n).min(axis=axes) for x in i.lo],
+                             [bshape(x, n).max(axis=axes) for x in i.hi],
+                             [np.asarray(s)[keep] for s in i.slope]))
+        else:  # an initial value (a scalar) that depends on x
+            each.append(Info([bshape(x, 0) for x in i.lo], [bshape(x, 0) for x in i.hi],
+                             [np.zeros(len(keep)) for _ in i.lo]))
+    out = combine(each, len(keep), ctx.naxes)
+
+    def bwd(oms):
+        m = None
+        for o in oms:
+            if o is not None:
+                m = o if m is None else (m | o)
+        full = np.broadcast_to(np.expand_dims(m, tuple(1 + a for a in axes)),
+                               (m.shape[0],) + in_shape)
+        init = m.reshape(m.shape[0], -1).any(axis=1)
+        return [(full.copy() if k < half else init) if i is not None else None
+                for k, i in enumerate(infos)]
+
+    return [out] * len(eqn.outvars), bwd
+
+
+def collective_rule(eqn, infos, env, ctx, prefix):
+    """``psum``/``pmax``/``pmin`` over positional axes (what ``jax.vmap(..., axis_name=)``
+    leaves of ``lax.psum``/``pmean``): a reduction over those axes, per operand. A named
+    axis (``shard_map``, ``pmap``) spans devices this analysis cannot see: refused."""
+    axes = tuple(eqn.params["axes"])
+    if not all(isinstance(a, int) for a in axes):
+        raise UnsupportedPrimitiveError(
+            f"'{eqn.primitive.name}' at {source_line(eqn)} reduces over the named axes "
+            f"{axes}, which span devices; rfjax.trf analyses single-device programs (call "
+            "fn without shard_map/pmap).")
+    outs, bwds = [], []
+    for k, i in enumerate(infos):
+        if i is None:
+            outs.append(None)
+            bwds.append(None)
+            continue
+        sub = _OneOperand(eqn, k, axes)
+        (o,), b = reduce_rule(sub, [i], env, ctx, prefix)
+        outs.append(o)
+        bwds.append(b)
+
+    def bwd(oms):
+        return [b([m])[0] if (b is not None and m is not None) else None
+                for b, m in zip(bwds, oms, strict=True)]
+
+    return outs, bwd
+
+
+class _OneOperand:
+    """The view of one operand of a multi-operand reduction that :func:`reduce_rule` reads."""
+
+    def __init__(self, eqn, k: int, axes: tuple[int, ...]):
+        self.invars = [eqn.invars[k]]
+        self.outvars = [eqn.outvars[k]]
+        self.params = {"axes": axes}
+        self.primitive = eqn.primitive
 
 
 def cumulative_rule(eqn, infos, env, ctx, prefix):
@@ -192,7 +267,7 @@ def top_k_rule(eqn, infos, env, ctx, prefix):
     shape = tuple(eqn.invars[0].aval.shape)
     op_i = infos[0]
     n = len(shape)
-    axis = eqn.params.get("axis", -1)
+    axis = eqn.params.get("axis", eqn.params.get("reduction_dimension", -1))  # approx_top_k
     axis = axis + n if axis < 0 else axis
     out = Info([bshape(x, n).min(axis=axis, keepdims=True) for x in op_i.lo],
                [bshape(x, n).max(axis=axis, keepdims=True) for x in op_i.hi],
@@ -350,7 +425,11 @@ RULES = [
     PrimitiveRule("sort", sort_rule, row=True),
     PrimitiveRule("fft", fft_rule, row=True),
     PrimitiveRule("top_k", top_k_rule, row=True),
+    PrimitiveRule("approx_top_k", top_k_rule, row=True),
+    PrimitiveRule("reduce", generic_reduce_rule, row=True),
     PrimitiveRule("dot_general", dot_general_rule,
                   ConeRule(_dot_general_labels), row=True),
+] + [
+    PrimitiveRule(n, collective_rule, row=True) for n in ("psum", "pmax", "pmin")
 ] + [PrimitiveRule(n, cumulative_rule, row=True)
      for n in ("cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp")]
