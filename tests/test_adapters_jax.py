@@ -506,15 +506,30 @@ def test_equinox_partial_of_a_batched_function_is_not_vmapped(eqx_model):
 
 
 def test_layer_needs_named_layers(hk_plain, eqx_model):
-    with pytest.raises(ValueError, match="layer='conv'.*torch or Keras"):
+    with pytest.raises(ValueError, match="layer='conv'.*torch, Keras or Haiku"):
         rfjax.trf(lambda x: x, (1, 8, 8, 1), layer="conv")
     with pytest.raises(ValueError, match="layer='conv'"):
         _erf(lambda x: x, _normal(1, 8, 8, 1), (0, 0), layer="conv")
     with pytest.raises(ValueError, match="layer='c'"):
         rfjax.trf(eqx_model, (1, 3, 8, 8), layer="c")
     tr, params = hk_plain
-    with pytest.raises(ValueError, match="layer='c'"):
+    with pytest.raises(ValueError, match=r"layer='c' is not a Haiku module.*'conv1', 'conv2'"):
         rfjax.trf((tr, params), (1, 16, 16, 3), layer="c")
+
+
+def test_haiku_layer_by_module_name(hk, hk_plain):
+    """``layer=`` names a Haiku module: its output's TRF, masks and ERF (stateful too)."""
+    tr, params = hk_plain
+    t = rfjax.trf((tr, params), (1, 16, 16, 3), layer="conv1")
+    assert t.output_shape == (8, 8) and (t.size, t.stride) == ((3, 3), (2, 2))
+    fn = rfjax.from_haiku(tr, params, layer="conv1")
+    np.testing.assert_array_equal(t.masks(), _support(fn, [_normal(1, 16, 16, 3)]))
+    x = _normal(2, 16, 16, 3)
+    _close(_erf((tr, params), x, (3, 4), layer="conv1").map, _grad_map(fn, x, (3, 4)))
+    trs = hk.transform_with_state(_hk_bn_net(hk))
+    p, st = trs.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), is_training=True)
+    t = rfjax.trf((trs, p, st), (1, 16, 16, 3), layer="bn")
+    assert t.output_shape == (8, 8) and (t.size, t.stride) == ((3, 3), (2, 2))
 
 
 # ===================================================================== layouts (plain JAX)

@@ -130,7 +130,8 @@ def prepare(fn: Any, example: Any, *, channel_axis: int | None = None,
       channel_axis: the channel axis of the input (default: the framework's, see above).
       grid, prefix_tokens: map token outputs ``(N, T, C)`` to ``(N, *grid, C)`` after dropping
         ``prefix_tokens`` leading tokens.
-      layer: a submodule path (torch) or layer name (Keras) whose output replaces the model's.
+      layer: a submodule path (torch), layer name (Keras) or module name (Haiku) whose
+        output replaces the model's.
 
     Raises:
       TypeError: ``fn`` is not callable, or ``channel_axis`` is not an int.
@@ -139,10 +140,11 @@ def prepare(fn: Any, example: Any, *, channel_axis: int | None = None,
     """
     kind = _framework(fn)
     shape = _shape_of(example)
-    if layer is not None and kind not in ("torch", "keras"):
+    if layer is not None and kind not in ("torch", "keras", "haiku"):
         raise ValueError(
-            f"layer={layer!r} needs a torch or Keras model (got {type(fn).__name__}); for a "
-            "Flax model use rfjax.erf_intermediate, for a function return the layer's output")
+            f"layer={layer!r} needs a torch, Keras or Haiku model (got {type(fn).__name__}); "
+            "for a Flax model use rfjax.erf_intermediate, for a function return the layer's "
+            "output")
     to_array: Callable[[Any], Any] = _identity
     if kind == "torch":
         from rfjax.adapters import pytorch
@@ -156,7 +158,7 @@ def prepare(fn: Any, example: Any, *, channel_axis: int | None = None,
     elif kind == "haiku":
         from rfjax.adapters import haiku_models
 
-        base = callables.resolve(haiku_models.from_haiku_parts(fn)[0])
+        base = callables.resolve(haiku_models.from_haiku_parts(fn, layer=layer)[0])
     elif kind == "equinox":
         import equinox as eqx
 
@@ -212,10 +214,10 @@ def from_keras(model, *, layer: str | None = None):
     return keras_models.from_keras(model, layer=layer)
 
 
-def from_haiku(transformed, params, state=None, **apply_kwargs):
-    """A Haiku model as a JAX function of one batch (its output; the state is dropped);
-    ``apply_kwargs`` (``is_training=False``) go to ``apply``."""
+def from_haiku(transformed, params, state=None, *, layer: str | None = None, **apply_kwargs):
+    """A Haiku model as a JAX function of one batch (its output, or module ``layer``'s; the
+    state is dropped); ``apply_kwargs`` (``is_training=False``) go to ``apply``."""
     from rfjax.adapters import haiku_models
 
     parts = (transformed, params) if state is None else (transformed, params, state)
-    return haiku_models.from_haiku_parts(parts, **apply_kwargs)[0]
+    return haiku_models.from_haiku_parts(parts, layer=layer, **apply_kwargs)[0]

@@ -1,5 +1,7 @@
 """Haiku models as JAX functions of one batch: ``apply`` without a random key (inference), the
-output only (a stateful model's new state is dropped).
+output only (a stateful model's new state is dropped), or the output of the module named
+``layer`` (its ``module_name``, e.g. ``res_net18/~/block_group_3``: read with
+``hk.intercept_methods`` during the call; the first call of a module shared by several places).
 
 ``hk.without_apply_rng`` models (``apply(params, x)``, ``apply(params, state, x)``) are told
 from plain ones (``apply(params, rng, x)``) by ``apply``'s signature. The program is cached
@@ -37,6 +39,7 @@ class HaikuProgram:
     apply_ref: Callable[[], Any]
     stateful: bool
     rng: bool
+    layer: str | None = None
 
     def apply(self, params: Any, state: Any, kwargs: dict, x):
         apply = self.apply_ref()
@@ -45,15 +48,34 @@ class HaikuProgram:
         head = (params, state) if self.stateful else (params,)
         if self.rng:
             head = head + (None,)
-        out = apply(*head, x, **kwargs)
-        return out[0] if self.stateful else out
+        if self.layer is None:
+            out = apply(*head, x, **kwargs)
+            return out[0] if self.stateful else out
+        import haiku as hk
+
+        seen: dict[str, Any] = {}
+
+        def intercept(next_f, args, kw, context):
+            out = next_f(*args, **kw)
+            if context.method_name == "__call__":
+                seen.setdefault(context.module.module_name, out)
+            return out
+
+        with hk.intercept_methods(intercept):
+            apply(*head, x, **kwargs)
+        if self.layer not in seen:
+            raise ValueError(f"layer={self.layer!r} is not a Haiku module called by this model; "
+                             f"its modules: {sorted(seen)}")
+        return seen[self.layer]
 
 
 _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def from_haiku_parts(parts: tuple, **apply_kwargs) -> tuple[Callable, bool]:
+def from_haiku_parts(parts: tuple, layer: str | None = None,
+                     **apply_kwargs) -> tuple[Callable, bool]:
     """``(fn, stateful)`` for ``(transformed, params)`` or ``(transformed, params, state)``;
+    ``layer``: a module name whose output ``fn`` returns instead of the model's;
     ``apply_kwargs`` (e.g. ``is_training=False``) go to every ``apply`` call."""
     transformed, params, *rest = parts
     stateful = bool(rest) or type(transformed).__name__ == "TransformedWithState"
@@ -63,8 +85,8 @@ def from_haiku_parts(parts: tuple, **apply_kwargs) -> tuple[Callable, bool]:
     try:
         per = _PROGRAMS.setdefault(apply, {})
     except TypeError:  # not weakly referenceable (a callable object): held strongly
-        per = {stateful: HaikuProgram(lambda: apply, stateful, rng)}
-    if stateful not in per:
-        per[stateful] = HaikuProgram(weakref.ref(apply), stateful, rng)
-    prog = per[stateful]
+        per = {(stateful, layer): HaikuProgram(lambda: apply, stateful, rng, layer)}
+    if (stateful, layer) not in per:
+        per[(stateful, layer)] = HaikuProgram(weakref.ref(apply), stateful, rng, layer)
+    prog = per[(stateful, layer)]
     return functools.partial(prog.apply, params, state, apply_kwargs), stateful
