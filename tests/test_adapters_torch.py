@@ -264,3 +264,30 @@ def test_batch_statistics_of_an_explicit_functional_batch_norm():
     with torch.no_grad():
         np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)
     assert rfjax.trf(m, (1, 3, 9, 9)).size == (3, 3)
+
+
+def test_global_response_normalisation_addcmul_and_addcdiv():
+    """ConvNeXt-V2's GRN (``torch.addcmul``) and an ``addcdiv``: outputs equal PyTorch's and
+    masks its gradient support (the spatial norm makes every unit global)."""
+    class GRN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.gamma = nn.Parameter(torch.full((1, 4, 1, 1), 0.5))
+            self.beta = nn.Parameter(torch.full((1, 4, 1, 1), 0.1))
+
+        def forward(self, x):
+            x = self.conv(x)
+            gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
+            nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+            y = torch.addcmul(self.beta, self.gamma, x * nx) + x
+            return torch.addcdiv(y, x, nx + 2.0, value=0.5)
+
+    torch.manual_seed(5)
+    m = GRN().eval()
+    x = torch.randn(2, 3, 9, 8)
+    fn, xn = rfjax.from_torch(m, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)
+    t = _check_masks(m, (1, 3, 9, 8))
+    assert t.is_global == (True, True)

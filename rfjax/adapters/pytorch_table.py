@@ -201,7 +201,9 @@ ATEN.update({
     "trunc": jnp.trunc, "exp2": jnp.exp2, "log2": jnp.log2, "log1p": jnp.log1p,
     "expm1": jnp.expm1, "sinh": jnp.sinh, "cosh": jnp.cosh, "atan": jnp.arctan,
     "atan2": jnp.arctan2, "erfinv": jax.scipy.special.erfinv, "lerp":
-        lambda a, b, w: a + w * (b - a), "embedding": _embedding, "baddbmm": _baddbmm,
+        lambda a, b, w: a + w * (b - a), "addcmul": lambda a, b, c, value=1: a + value * b * c,
+    "addcdiv": lambda a, b, c, value=1: a + value * b / c, "embedding": _embedding,
+    "baddbmm": _baddbmm,
     "repeat_interleave": _repeat_interleave, "tril": _tri(jnp.tril), "triu": _tri(jnp.triu),
     "bitwise_not": jnp.invert, "bitwise_and": jnp.bitwise_and, "bitwise_or": jnp.bitwise_or,
     "floor_divide": jnp.floor_divide, "remainder": jnp.remainder, "fmod": jnp.fmod,
