@@ -182,9 +182,9 @@ def test_in_place_writes_through_slices():
 def test_unsupported_operator_and_bad_layer_errors():
     class Odd(nn.Module):
         def forward(self, x):
-            return torch.fft.fft2(x).real
+            return torch.special.i0(x)
 
-    with pytest.raises(rt.UnsupportedOperatorError, match="fft"):
+    with pytest.raises(rt.UnsupportedOperatorError, match="aten.special_i0"):
         rfjax.trf(Odd(), (1, 1, 8, 8))
     with pytest.raises(ValueError, match="layer 'nope'"):
         rfjax.trf(Zoo(), (1, 3, 16, 16), layer="nope")
@@ -291,3 +291,32 @@ def test_global_response_normalisation_addcmul_and_addcdiv():
         np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)
     t = _check_masks(m, (1, 3, 9, 8))
     assert t.is_global == (True, True)
+
+
+def test_fourier_filters_and_complex_values():
+    """A GFNet-style global filter (``rfft2``, a complex weight from ``view_as_complex``,
+    ``irfft2``) and 1-D transforms along one axis: outputs equal PyTorch's; ``fft`` along the
+    last axis mixes that axis only (masks = PyTorch's gradient support)."""
+    class GlobalFilter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 8, 5, 2) * 0.5)
+
+        def forward(self, x):
+            f = torch.fft.rfft2(x, dim=(2, 3), norm="ortho") * torch.view_as_complex(self.w)
+            y = torch.fft.irfft2(f, s=(8, 8), dim=(2, 3), norm="ortho")
+            return y + torch.fft.ifft(x, dim=2).real
+
+    class Rows(nn.Module):
+        def forward(self, x):
+            return torch.fft.fft(x, dim=-1).abs() + x
+
+    torch.manual_seed(6)
+    m = GlobalFilter().eval()
+    x = torch.randn(2, 4, 8, 8)
+    fn, xn = rfjax.from_torch(m, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert rfjax.trf(m, (1, 4, 8, 8)).is_global == (True, True)
+    t = _check_masks(Rows(), (1, 2, 6, 8))
+    assert t.is_global == (False, True)

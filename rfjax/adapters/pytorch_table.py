@@ -232,6 +232,34 @@ ATEN.update({
 })
 
 
+def _fft1(f):
+    """``torch.fft.<f>(x, n, dim, norm)`` (one axis)."""
+    return lambda x, n=None, dim=-1, norm=None: f(x, n, dim, norm)
+
+
+def _fftn(f, default_dim):
+    """``torch.fft.<f>2/<f>n(x, s, dim, norm)`` (several axes)."""
+    return lambda x, s=None, dim=default_dim, norm=None: f(x, s, dim, norm)
+
+
+# Fourier transforms (global along their axes) and complex values (GFNet-style filters)
+ATEN.update({
+    **{f"fft_{k}": _fft1(getattr(jnp.fft, k)) for k in
+       ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft")},
+    **{f"fft_{k}2": _fftn(getattr(jnp.fft, f"{k}2"), (-2, -1)) for k in
+       ("fft", "ifft", "rfft", "irfft")},
+    **{f"fft_{k}n": _fftn(getattr(jnp.fft, f"{k}n"), None) for k in
+       ("fft", "ifft", "rfft", "irfft")},
+    "fft_fftshift": lambda x, dim=None: jnp.fft.fftshift(x, dim),
+    "fft_ifftshift": lambda x, dim=None: jnp.fft.ifftshift(x, dim),
+    "view_as_complex": lambda x: lax.complex(x[..., 0], x[..., 1]),
+    "view_as_real": lambda x: jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1),
+    "real": jnp.real, "imag": jnp.imag, "complex": lax.complex, "conj": jnp.conj,
+    "_conj": jnp.conj, "conj_physical": jnp.conj, "resolve_conj": _identity,
+    "resolve_neg": _identity, "angle": jnp.angle,
+})
+
+
 def lookup(name: str, overload: str = "default") -> Callable | None:
     """The JAX function of an ATen operator (``name.overload`` first, then ``name``; an
     in-place ``op_`` uses ``op``)."""
