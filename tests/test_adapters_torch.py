@@ -264,3 +264,29 @@ def test_batch_statistics_of_an_explicit_functional_batch_norm():
     with torch.no_grad():
         np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)
     assert rfjax.trf(m, (1, 3, 9, 9)).size == (3, 3)
+
+
+def test_bicubic_and_antialiased_resampling_use_pytorchs_own_weights():
+    """F.interpolate bicubic (4 taps, clamped at the border) and antialiased bilinear/bicubic
+    (timm resizes position embeddings with it): the masks and the ERF equal PyTorch's."""
+    class Resample(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=1)
+            self.pos = nn.Parameter(torch.randn(1, 4, 5, 5))
+            self.b = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            h = F.interpolate(self.a(x), scale_factor=2.5, mode="bicubic")
+            h = F.interpolate(h, size=(11, 9), mode="bilinear", antialias=True)
+            h = h + F.interpolate(self.pos, size=h.shape[-2:], mode="bicubic", antialias=True)
+            return self.b(F.interpolate(h, size=(13, 17), mode="bicubic", align_corners=True))
+
+    torch.manual_seed(5)
+    m = Resample().eval()
+    t = _check_masks(m, (1, 3, 10, 8))
+    assert not t.is_global[0] and t.mask((0, 0)).sum() < 80
+    x = torch.randn(2, 3, 10, 8)
+    want = torch_erf(m, x, (6, 8))
+    got = np.asarray(rfjax.erf(m, x, unit=(6, 8)).map)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5 * want.max())

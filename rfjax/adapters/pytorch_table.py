@@ -113,10 +113,9 @@ from rfjax.adapters.pytorch_ops import (
     sub,
     to_dtype,
     unbind,
-    upsample_linear,
-    upsample_nearest,
     view,
 )
+from rfjax.adapters.pytorch_resample import upsample_linear, upsample_nearest, upsample_probed
 
 __all__ = ["ATEN", "lookup"]
 
@@ -144,6 +143,9 @@ ATEN: dict[str, Callable] = {
     "upsample_nearest3d": upsample_nearest(3),
     "upsample_linear1d": upsample_linear(1), "upsample_bilinear2d": upsample_linear(2),
     "upsample_trilinear3d": upsample_linear(3),
+    "upsample_bicubic2d": upsample_probed("upsample_bicubic2d", 2),
+    "_upsample_bicubic2d_aa": upsample_probed("_upsample_bicubic2d_aa", 2),
+    "_upsample_bilinear2d_aa": upsample_probed("_upsample_bilinear2d_aa", 2),
     # activations
     "relu": jax.nn.relu, "relu6": jax.nn.relu6, "gelu": gelu, "silu": jax.nn.silu,
     "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "hardswish": jax.nn.hard_swish,
