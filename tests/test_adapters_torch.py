@@ -290,3 +290,27 @@ def test_bicubic_and_antialiased_resampling_use_pytorchs_own_weights():
     want = torch_erf(m, x, (6, 8))
     got = np.asarray(rfjax.erf(m, x, unit=(6, 8)).map)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5 * want.max())
+
+
+def test_a_region_wrapped_by_autocast_runs_inline():
+    """``with torch.autocast(..., enabled=False)`` inside forward (timm's EfficientViT
+    attention) exports as a higher-order operator around a submodule: it runs inline."""
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3)
+            self.b = nn.Conv2d(4, 4, 3, padding=1, dilation=1)
+
+        def forward(self, x):
+            h = self.a(x)
+            with torch.autocast(device_type="cpu", enabled=False):
+                g = F.relu(self.b(h))
+            return g * h
+
+    torch.manual_seed(6)
+    m = Wrapped().eval()
+    _check_masks(m, (1, 3, 12, 10))
+    x = torch.randn(2, 3, 12, 10)
+    want = torch_erf(m, x, (4, 3))
+    got = np.asarray(rfjax.erf(m, x, unit=(4, 3)).map)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5 * want.max())
