@@ -314,3 +314,25 @@ def test_a_region_wrapped_by_autocast_runs_inline():
     want = torch_erf(m, x, (4, 3))
     got = np.asarray(rfjax.erf(m, x, unit=(4, 3)).map)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5 * want.max())
+
+
+def test_addcmul_and_addcdiv():
+    """ResMLP's Affine is ``torch.addcmul(beta, alpha, x)``."""
+    class Affine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.alpha = nn.Parameter(torch.rand(1, 4, 1, 1) + 0.5)
+            self.beta = nn.Parameter(torch.randn(1, 4, 1, 1))
+
+        def forward(self, x):
+            h = torch.addcmul(self.beta, self.alpha, self.conv(x), value=0.5)
+            return torch.addcdiv(h, h.flip(-1).abs() + 1, h.abs() + 1, value=2.0)
+
+    torch.manual_seed(7)
+    m = Affine().eval()
+    _check_masks(m, (1, 3, 7, 6))
+    x = torch.randn(2, 3, 7, 6)
+    fn, xn = rfjax.from_torch(m, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-5)

@@ -227,6 +227,8 @@ ATEN.update({
                                                  jnp.where(x < -lambd, x + lambd, 0)),
     "threshold": lambda x, t, v: jnp.where(x > t, x, v),
     "log10": jnp.log10, "tan": jnp.tan, "asin": jnp.arcsin, "acos": jnp.arccos,
+    "addcmul": lambda x, t1, t2, value=1: x + value * (t1 * t2),
+    "addcdiv": lambda x, t1, t2, value=1: x + value * (t1 / t2),
     "isnan": jnp.isnan, "isinf": jnp.isinf, "nan_to_num": lambda x, nan=0.0, posinf=None,
     neginf=None: jnp.nan_to_num(x, nan=nan, posinf=posinf, neginf=neginf),
 })
