@@ -336,3 +336,32 @@ def test_addcmul_and_addcdiv():
     fn, xn = rfjax.from_torch(m, x)
     with torch.no_grad():
         np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_recurrent_layers_along_an_image_axis():
+    """nn.LSTM / nn.GRU over the rows of a feature map (Sequencer2D): a bidirectional
+    output sees its whole row, a unidirectional one the columns up to its own."""
+    class RowRNN(nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.rnn = rnn
+
+        def forward(self, x):
+            h = self.conv(x)
+            n, c, hh, ww = h.shape
+            y = self.rnn(h.permute(0, 2, 3, 1).reshape(n * hh, ww, c))[0]
+            return y.reshape(n, hh, ww, -1).permute(0, 3, 1, 2)
+
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 6, 7)
+    for rnn in (nn.LSTM(4, 5, num_layers=2, batch_first=True, bidirectional=True),
+                nn.LSTM(4, 5, batch_first=True, proj_size=3), nn.GRU(4, 5, batch_first=True),
+                nn.RNN(4, 5, batch_first=True, nonlinearity="relu", bias=False)):
+        m = RowRNN(rnn).eval()
+        fn, xn = rfjax.from_torch(m, x)
+        with torch.no_grad():
+            np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-6)
+        t = _check_masks(m, (1, 3, 6, 7))
+        assert t.mask((3, 3)).sum() == (21 if rnn.bidirectional else 15)

@@ -115,6 +115,7 @@ from rfjax.adapters.pytorch_ops import (
     unbind,
     view,
 )
+from rfjax.adapters.pytorch_recurrent import recurrent
 from rfjax.adapters.pytorch_resample import upsample_linear, upsample_nearest, upsample_probed
 
 __all__ = ["ATEN", "lookup"]
@@ -227,6 +228,8 @@ ATEN.update({
                                                  jnp.where(x < -lambd, x + lambd, 0)),
     "threshold": lambda x, t, v: jnp.where(x > t, x, v),
     "log10": jnp.log10, "tan": jnp.tan, "asin": jnp.arcsin, "acos": jnp.arccos,
+    "lstm.input": recurrent("lstm"), "gru.input": recurrent("gru"),
+    "rnn_tanh.input": recurrent("rnn_tanh"), "rnn_relu.input": recurrent("rnn_relu"),
     "addcmul": lambda x, t1, t2, value=1: x + value * (t1 * t2),
     "addcdiv": lambda x, t1, t2, value=1: x + value * (t1 / t2),
     "isnan": jnp.isnan, "isinf": jnp.isinf, "nan_to_num": lambda x, nan=0.0, posinf=None,
