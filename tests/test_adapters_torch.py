@@ -365,3 +365,53 @@ def test_recurrent_layers_along_an_image_axis():
             np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-6)
         t = _check_masks(m, (1, 3, 6, 7))
         assert t.mask((3, 3)).sum() == (21 if rnn.bidirectional else 15)
+
+
+def test_nearest_resampling_reads_the_source_indices_pytorch_picks():
+    """A scale factor that is not the ratio of the sizes: PyTorch maps output ``o`` to
+    ``floor(o / scale)`` (in float32), not ``floor(o * in / out)``; and ``nearest-exact``."""
+    class Nearest(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            h = F.interpolate(self.a(x), scale_factor=(1.7, 2.3), mode="nearest")
+            return F.interpolate(h, size=(11, 9), mode="nearest-exact")
+
+    torch.manual_seed(9)
+    m = Nearest().eval()
+    _check_masks(m, (1, 3, 5, 6))
+    x = torch.randn(2, 3, 5, 6)
+    fn, xn = rfjax.from_torch(m, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_patch_operators_and_more():
+    """Tensor.unfold (HaloNet), F.unfold / F.fold (VOLO's outlook attention), F.rms_norm,
+    channel shuffle, tile, diagonal, tensor_split and a constant-index scatter."""
+    class Patches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            h = self.a(x)                                                  # 1, 4, 10, 9
+            u = h.unfold(3, 3, 2).mean(-1)                                 # 1, 4, 10, 4
+            c = F.fold(F.unfold(h, 3, padding=1, stride=2), (10, 9), 3, padding=1, stride=2)
+            r = F.rms_norm(c.permute(0, 2, 3, 1), (4,)).permute(0, 3, 1, 2)
+            r = F.channel_shuffle(r, 2) + torch.tensor_split(r.tile(1, 2, 1, 1), 3, dim=1)[0][
+                :, :3].sum(1, keepdim=True)
+            d = torch.diagonal(h[:, :, :9], 0, 2, 3).unsqueeze(-1)         # 1, 4, 9, 1
+            idx = torch.arange(9).flip(0).expand(1, 4, 10, 9)
+            s = torch.zeros_like(r).scatter(3, idx, r)
+            return s[:, :, :, :4] + u + d[:, :, :4].transpose(2, 3).mean(2, keepdim=True)
+
+    torch.manual_seed(10)
+    m = Patches().eval()
+    _check_masks(m, (1, 3, 10, 9))
+    x = torch.randn(2, 3, 10, 9)
+    fn, xn = rfjax.from_torch(m, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)

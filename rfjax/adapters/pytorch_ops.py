@@ -703,3 +703,23 @@ def _any_all(fn):
 
 def _logsumexp(x, dim, keepdim=False):
     return jax.scipy.special.logsumexp(x, axis=tuple(_tuple(dim, 1)), keepdims=keepdim)
+
+
+def _rms_norm(x, normalized_shape, weight=None, eps=None):
+    axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+    eps = float(jnp.finfo(x.dtype).eps) if eps is None else eps
+    y = x * lax.rsqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True) + eps)
+    return y if weight is None else y * weight
+
+
+def _channel_shuffle(x, groups):
+    n, c = x.shape[:2]
+    y = x.reshape((n, groups, c // groups) + x.shape[2:])
+    return jnp.swapaxes(y, 1, 2).reshape(x.shape)
+
+
+def _cosine_similarity(x1, x2, dim=1, eps=1e-8):
+    # PyTorch: sum(x1 * x2) / sqrt(clamp_min(|x1|^2 * |x2|^2, eps^2))
+    w12 = jnp.sum(x1 * x2, axis=dim)
+    n12 = jnp.sum(x1 * x1, axis=dim) * jnp.sum(x2 * x2, axis=dim)
+    return w12 / jnp.sqrt(jnp.maximum(n12, eps * eps))

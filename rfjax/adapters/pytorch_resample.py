@@ -34,15 +34,19 @@ def _tuple_f(v, n):
     return v * n if len(v) == 1 else v
 
 
-def upsample_nearest(n):
-    def fn(x, output_size=None, scale_factors=None, *rest):
-        if not isinstance(scale_factors, (list, tuple, type(None))):
-            scale_factors = [scale_factors] + list(rest[:n - 1])
-        size = _scale_sizes(x, n, output_size, scale_factors)
-        for i in range(n):
-            ax = 2 + i
-            src = np.floor(np.arange(size[i]) * (x.shape[ax] / size[i])).astype(np.int64)
-            x = jnp.take(x, np.minimum(src, x.shape[ax] - 1), axis=ax)
+def upsample_nearest(n: int, exact: bool = False):
+    """``upsample_nearest{n}d`` / ``_upsample_nearest_exact{n}d`` (``mode="nearest-exact"``):
+    a fixed-index gather per axis, the source indices PyTorch itself picks (they depend on
+    whether a scale was given, and PyTorch computes them in float32)."""
+    op = f"_upsample_nearest_exact{n}d" if exact else f"upsample_nearest{n}d"
+    probed = upsample_probed(op, n, align=False)
+
+    def fn(x, *args):
+        for ax, M in enumerate(probed.matrices(x, *args), start=2):
+            src = M.argmax(axis=1)
+            if not (M[np.arange(len(src)), src] == 1).all():  # pragma: no cover
+                raise ValueError(f"aten.{op}: a nearest resampling that is not a selection")
+            x = jnp.take(x, src, axis=ax)
         return x
     return fn
 
@@ -84,9 +88,11 @@ def upsample_linear(n):
 
 @functools.cache
 def _probed_matrices(op: str, overload: str, shape: tuple[int, ...], size: tuple[int, ...],
-                     args: tuple) -> tuple[np.ndarray, ...]:
+                     out_size: tuple | None, mid: tuple, scales: tuple | None
+                     ) -> tuple[np.ndarray, ...]:
     """Per spatial axis, ``(size[a], shape[a])``: PyTorch's own weights of
-    ``aten.<op>.<overload>(x, *args)``, read off the images of one-hot columns along the axis
+    ``aten.<op>.<overload>(x, out_size, *mid, scales)`` (``.vec``; the default overload
+    takes the scales one per axis), read off the images of one-hot columns along the axis
     (constant along the others, whose outputs are then that constant: the weights of each
     output sum to 1), then checked on a random input of the real shape (PyTorch's
     antialiased kernels take another path on a length-1 axis, so every probe axis has at
@@ -94,8 +100,12 @@ def _probed_matrices(op: str, overload: str, shape: tuple[int, ...], size: tuple
     import torch
 
     n = len(shape)
-    out_size, scales = args[0], (args[2] if overload == "vec" else args[2:])
     aten = getattr(getattr(torch.ops.aten, op), overload)
+
+    def call(x, o_size):
+        tail = (scales,) if overload == "vec" else tuple(scales or (None,) * n)
+        return aten(x, o_size, *mid, *tail)
+
     mats = []
     for a in range(n):
         probe = [shape[a], 1] + [2] * n
@@ -106,40 +116,49 @@ def _probed_matrices(op: str, overload: str, shape: tuple[int, ...], size: tuple
         eye = torch.eye(shape[a], dtype=torch.float64).reshape(
             [shape[a], 1] + [shape[a] if j == a else 1 for j in range(n)])
         o_size = None if out_size is None else [size[j] if j == a else 2 for j in range(n)]
-        out = aten(eye.expand(probe).contiguous(), o_size, *args[1:])
+        out = call(eye.expand(probe).contiguous(), o_size)
         mats.append(out.movedim(2 + a, -1).reshape(shape[a], -1, size[a])[:, 0, :].T.numpy())
     x = torch.rand((1, 2) + shape, dtype=torch.float64,
                    generator=torch.Generator().manual_seed(0))
-    want = aten(x, *args).numpy()
+    want = call(x, None if out_size is None else list(out_size)).numpy()
     got = x.numpy()
     for a, M in enumerate(mats):
         got = np.moveaxis(np.tensordot(got, M.T, axes=([2 + a], [0])), -1, 2 + a)
     if got.shape != want.shape or not np.allclose(got, want, rtol=1e-9, atol=1e-12):
-        raise ValueError(f"aten.{op}.{overload}{args}: rfjax could not read PyTorch's "
-                         f"resampling weights at input shape {shape}")
+        raise ValueError(f"aten.{op}.{overload}: rfjax could not read PyTorch's resampling "
+                         f"weights at input shape {shape} (output size {out_size}, scales "
+                         f"{scales})")
     return tuple(mats)
 
 
-def upsample_probed(op: str, n: int):
-    """``aten.<op>`` (bicubic, ``_upsample_*_aa``): both overloads, ``.vec`` ``(x, output_size,
-    align_corners, scale_factors)`` and the default ``(x, output_size, align_corners,
-    *per-axis scales)``; each axis multiplies by the matrix :func:`_probed_matrices` reads."""
-    def fn(x, output_size=None, align_corners=False, *rest):
+def upsample_probed(op: str, n: int, align: bool = True):
+    """``aten.<op>`` (bicubic, ``_upsample_*_aa``; nearest through
+    :func:`upsample_nearest`): both overloads, ``.vec`` ``(x, output_size[, align_corners],
+    scale_factors)`` and the default ``(x, output_size[, align_corners], *per-axis
+    scales)``; each axis multiplies by the matrix :func:`_probed_matrices` reads."""
+    def matrices(x, output_size=None, *rest):
+        mid = ()
+        if align:
+            mid, rest = (bool(rest[0]) if rest else False,), rest[1:]
         out = None if output_size is None else tuple(int(s) for s in output_size)
         if rest and isinstance(rest[0], (list, tuple, type(None))):  # .vec
             overload = "vec"
-            args = (out, bool(align_corners),
-                    None if rest[0] is None else tuple(float(s) for s in rest[0]))
-            size = _scale_sizes(x, n, out, rest[0])
+            scales = None if rest[0] is None else tuple(float(s) for s in rest[0])
+            scales = None if scales is None else (scales * n if len(scales) == 1 else scales)
+            size = _scale_sizes(x, n, out, scales)
         else:
             overload = "default"
-            args = (out, bool(align_corners)) + tuple(
-                None if s is None else float(s) for s in list(rest) + [None] * (n - len(rest)))
+            scales = tuple(None if s is None else float(s) for s in
+                           list(rest) + [None] * (n - len(rest)))
+            scales = None if all(s is None for s in scales) else scales
             size = out
-        mats = _probed_matrices(op, overload, tuple(int(s) for s in x.shape[2:]), size, args)
-        for i, M in enumerate(mats):
-            ax = 2 + i
+        return _probed_matrices(op, overload, tuple(int(s) for s in x.shape[2:]), size, out,
+                                mid, scales)
+
+    def fn(x, *args):
+        for ax, M in enumerate(matrices(x, *args), start=2):
             x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(M.T, x.dtype), axes=([ax], [0])),
                              -1, ax)
         return x
+    fn.matrices = matrices
     return fn
