@@ -415,3 +415,14 @@ def test_patch_operators_and_more():
     fn, xn = rfjax.from_torch(m, x)
     with torch.no_grad():
         np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_replication_padding_and_a_dilated_max_pool():
+    """ReplicationPad2d with a zero side (jnp.pad's edge mode reshapes empty pieces: the
+    reshape rule failed on a zero-size axis) and a dilated max-pool (the oracle's surrogate
+    averages over the same dilated windows)."""
+    torch.manual_seed(11)
+    m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReplicationPad2d((3, 0, 2, 1)),
+                      nn.Conv2d(4, 4, 3, padding=(1, 2), padding_mode="replicate"),
+                      nn.MaxPool2d((3, 2), 2, (1, 0), dilation=(2, 3), ceil_mode=True)).eval()
+    _check_masks(m, (1, 3, 10, 9))

@@ -2,10 +2,11 @@
 
 :func:`grad_support` is where ``d(sum_c out[0, c, unit]) / dx`` is nonzero in a *surrogate*
 of the module (:func:`surrogate`: a float64 copy with activations replaced by the identity,
-max-pooling by average pooling, positive weights and batch-norm statistics that keep
-positive values positive), on positive random inputs: no gradient can cancel or vanish, so
-its support is the exact theoretical receptive field that :func:`rfjax.trf` computes. Used
-by the tests (``tests/test_adapters_torch.py``) and the atlas (:mod:`rfjax.atlas`).
+max-pooling by average pooling over the same windows, positive weights and batch-norm
+statistics that keep positive values positive), on positive random inputs: no gradient can
+cancel or vanish, so its support is the exact theoretical receptive field that
+:func:`rfjax.trf` computes. Used by the tests (``tests/test_adapters_torch.py``) and the
+atlas (:mod:`rfjax.atlas`).
 
 Known limits of the surrogate: an activation module that is neither one of
 :data:`ACTIVATIONS` nor named like one (by class name, e.g. timm's ``HardSigmoid``) is kept,
@@ -45,6 +46,40 @@ def _is_activation(child: Any, classes: tuple) -> bool:
     return isinstance(child, classes) or type(child).__name__ in ACTIVATION_NAMES
 
 
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _DilatedMean(pool):
+    """A dilated ``nn.MaxPool2d`` as the mean over the same windows (``nn.AvgPool2d`` has no
+    dilation): a depthwise convolution with a constant kernel on the zero-padded input,
+    cropped to the max-pool's output size (``ceil_mode`` included)."""
+    import torch
+    import torch.nn.functional as F
+
+    k, s, p, d = (_pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size),
+                  _pair(pool.padding), _pair(pool.dilation))
+
+    def out_len(n, a):
+        num = n + 2 * p[a] - d[a] * (k[a] - 1) - 1
+        o = (num + (s[a] - 1 if pool.ceil_mode else 0)) // s[a] + 1
+        return o - 1 if pool.ceil_mode and (o - 1) * s[a] >= n + p[a] else o
+
+    class DilatedMean(torch.nn.Module):
+        def forward(self, x):
+            h, w = x.shape[-2:]
+            o = (out_len(h, 0), out_len(w, 1))
+            right = [max((o[a] - 1) * s[a] + d[a] * (k[a] - 1) + 1 - n - p[a], 0)
+                     for a, n in enumerate((h, w))]
+            xp = F.pad(x, (p[1], right[1], p[0], right[0]))
+            c = x.shape[-3]
+            kern = torch.full((c, 1) + k, 1.0 / (k[0] * k[1]), dtype=x.dtype)
+            y = F.conv2d(xp, kern, stride=s, dilation=d, groups=c)
+            return y[..., :o[0], :o[1]]
+
+    return DilatedMean()
+
+
 def surrogate(module):
     """float64 copy: activations -> identity, max-pool -> average pool, positive weights and
     batch-norm statistics that keep positive values positive (mean 0), so that on a positive
@@ -58,6 +93,8 @@ def surrogate(module):
         for cname, child in list(sub.named_children()):
             if _is_activation(child, classes):
                 setattr(sub, cname, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d) and child.dilation not in (1, (1, 1)):
+                setattr(sub, cname, _DilatedMean(child))
             elif isinstance(child, nn.MaxPool2d):
                 setattr(sub, cname, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
                                                  ceil_mode=child.ceil_mode))

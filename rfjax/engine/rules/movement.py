@@ -73,6 +73,8 @@ def _map_info(info: Info, fn, out_ndim: int, in_ndim: int) -> Info:
 
 def _reshape_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list, list]]:
     """Split two shapes of equal size into consecutive groups of axes with equal products."""
+    if 0 in a or 0 in b:  # no elements (jnp.pad's empty edge pieces): one group, no products
+        return [(list(range(len(a))), list(range(len(b))))]
     groups, i, j = [], 0, 0
     while i < len(a) or j < len(b):
         gi, gj, pa, pb = [], [], 1, 1
