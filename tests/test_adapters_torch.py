@@ -428,3 +428,36 @@ def test_replication_padding_and_a_dilated_max_pool():
                       nn.Conv2d(4, 4, 3, padding=(1, 2), padding_mode="replicate"),
                       nn.MaxPool2d((3, 2), 2, (1, 0), dilation=(2, 3), ceil_mode=True)).eval()
     _check_masks(m, (1, 3, 10, 9))
+
+
+def test_in_place_writes_through_narrow_split_unbind_and_movedim():
+    """An in-place op on ``narrow``, ``movedim``, ``diagonal`` or a piece of
+    ``chunk``/``split``/``unbind`` writes into the base tensor (these writes were lost: a
+    silent wrong field). Autograd forbids the pieces' writes, so those are checked on values
+    (``torch.no_grad``, as in inference code)."""
+    class Views(nn.Module):
+        def __init__(self, pieces):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 1)
+            self.b = nn.Conv2d(4, 4, 1)
+            self.pieces = pieces
+
+        def forward(self, x):
+            h, g = self.a(x), self.b(self.a(x).roll(2, 3))
+            h.narrow(-1, 1, 3).mul_(g.narrow(-1, 0, 3))
+            h.movedim(1, 3)[..., 0].add_(g[:, 1])
+            torch.diagonal(h, 1, 2, 3).mul_(g[:, :, 0, :3])
+            if self.pieces:
+                h.chunk(2, 1)[1].add_(g[:, :2].flip(2))
+                h.unbind(2)[4].mul_(g[:, :, 0])
+                h.split([1, 3], 3)[1].sub_(g[..., :3])
+            return h
+
+    torch.manual_seed(12)
+    _check_masks(Views(False).eval(), (1, 3, 6, 4))
+    x = torch.randn(2, 3, 6, 4)
+    for pieces in (False, True):
+        m = Views(pieces).eval()
+        fn, xn = rfjax.from_torch(m, x)
+        with torch.no_grad():
+            np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-5)

@@ -35,7 +35,12 @@ __all__ = ["Program", "TorchFunction", "UnsupportedOperatorError", "from_torch",
 
 #: View operators whose mutation writes through to their base (in-place on a slice).
 _VIEWS = {"slice", "select", "alias", "view", "reshape", "_unsafe_view", "unsqueeze",
-          "squeeze", "flatten", "permute", "transpose", "t", "contiguous"}
+          "squeeze", "flatten", "permute", "transpose", "t", "contiguous", "narrow",
+          "movedim", "moveaxis", "swapaxes", "swapdims", "unflatten", "view_as",
+          "reshape_as"}
+#: Operators whose pieces (``getitem`` of the output) are views of their input.
+_PIECES = {"split", "split_with_sizes", "chunk", "unbind", "tensor_split", "unsafe_split",
+           "unsafe_chunk", "unsafe_split_with_sizes"}
 
 
 def is_torch_module(obj: Any) -> bool:
@@ -119,8 +124,22 @@ class Program:
 
     def _call(self, node, env, views):
         if node.target is operator.getitem:
-            seq, i = _value(node.args[0], env), node.args[1]
+            src, i = node.args[0], node.args[1]
+            seq = _value(src, env)
             env[node] = seq[i]
+            if _is_node(src) and src.op == "call_function" and src.target is not \
+                    operator.getitem and _op_name(src.target)[0] in _PIECES and \
+                    _is_node(src.args[0]):
+                # piece i of a split is a view of the input: a slice (unbind: a select)
+                unbind = _op_name(src.target)[0] == "unbind"
+                k = 1 if unbind else 2
+                dim = src.args[k] if len(src.args) > k else src.kwargs.get("dim", 0)
+                if unbind:
+                    views[node] = (src.args[0], "select", (dim, i))
+                else:
+                    d = dim + seq[i].ndim if dim < 0 else dim
+                    start = sum(int(p.shape[d]) for p in seq[:i])
+                    views[node] = (src.args[0], "slice", (d, start, start + seq[i].shape[d], 1))
             return
         name, overload = _op_name(node.target)
         if name.startswith("_assert") or name in ("sym_constrain_range_for_size",):
@@ -234,10 +253,17 @@ def _write_back(target_node, new, env, views) -> None:
         elif op == "select":
             dim, i = args
             new = old.at[(slice(None),) * (dim + old.ndim if dim < 0 else dim) + (i,)].set(new)
+        elif op == "narrow":
+            dim, start, length = args
+            d = dim + old.ndim if dim < 0 else dim
+            start = start + old.shape[d] if start < 0 else start
+            new = old.at[(slice(None),) * d + (slice(start, start + length),)].set(new)
         elif op in ("permute",):
             new = jnp.transpose(new, np.argsort(args[0]))
-        elif op in ("transpose",):
+        elif op in ("transpose", "swapaxes", "swapdims"):
             new = jnp.swapaxes(new, args[0], args[1])
+        elif op in ("movedim", "moveaxis"):
+            new = jnp.moveaxis(new, args[1], args[0])
         elif op == "t":
             new = new.T
         else:  # alias, view, reshape, (un)squeeze, flatten, contiguous: same elements

@@ -723,3 +723,13 @@ def _cosine_similarity(x1, x2, dim=1, eps=1e-8):
     w12 = jnp.sum(x1 * x2, axis=dim)
     n12 = jnp.sum(x1 * x1, axis=dim) * jnp.sum(x2 * x2, axis=dim)
     return w12 / jnp.sqrt(jnp.maximum(n12, eps * eps))
+
+
+def _diagonal_scatter(x, src, offset=0, dim1=0, dim2=1):
+    """``x`` with its diagonal (``torch.diagonal(x, offset, dim1, dim2)``, last axis of
+    ``src``) replaced by ``src``."""
+    y = jnp.moveaxis(x, (dim1, dim2), (-2, -1))
+    n = src.shape[-1]
+    r = np.arange(n) + max(-offset, 0)
+    c = np.arange(n) + max(offset, 0)
+    return jnp.moveaxis(y.at[..., r, c].set(src), (-2, -1), (dim1, dim2))
