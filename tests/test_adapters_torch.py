@@ -461,3 +461,30 @@ def test_in_place_writes_through_narrow_split_unbind_and_movedim():
         fn, xn = rfjax.from_torch(m, x)
         with torch.no_grad():
             np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_oracle_softmax_does_not_saturate_after_a_deep_stack():
+    """Positive surrogate weights make 8 un-normalised 1x1 convs give logits ~1e7 apart,
+    where a plain softmax is one-hot and the oracle lost the attention's field (BotNet,
+    HaloNet): the oracle tempers softmaxes (F.softmax and SDPA's, causal mask kept)."""
+    class DeepAttention(nn.Module):
+        def __init__(self, causal):
+            super().__init__()
+            self.convs = nn.Sequential(*[nn.Conv2d(3 if i == 0 else 16, 16, 1) for i in range(8)])
+            self.causal = causal
+
+        def forward(self, x):
+            h = self.convs(x)
+            n, c, hh, ww = h.shape
+            t = h.flatten(2).transpose(1, 2)                              # N, HW, C
+            if self.causal:
+                o = F.scaled_dot_product_attention(t[:, None], t[:, None], t[:, None],
+                                                   is_causal=True)[:, 0]
+            else:
+                o = (t @ t.transpose(1, 2)).softmax(-1) @ t
+            return o.transpose(1, 2).reshape(n, c, hh, ww)
+
+    torch.manual_seed(13)
+    for causal in (False, True):
+        t = _check_masks(DeepAttention(causal).eval(), (1, 3, 5, 4))
+        assert t.mask((4, 3)).all() and t.mask((0, 0)).sum() == (1 if causal else 20)
