@@ -26,6 +26,7 @@ from rfjax.adapters.pytorch_ops import (
     _cumsum,
     _diagonal_scatter,
     _dropout,
+    _dtype,
     _einsum,
     _elu,
     _embedding,
@@ -264,6 +265,8 @@ ATEN.update({
     "_upsample_nearest_exact3d": upsample_nearest(3, exact=True),
     "adaptive_max_pool1d": adaptive_max_pool(1),
     "max_pool1d_with_indices": max_pool_with_indices(1),
+    "eye": lambda n, m=None, *a, dtype=None, **k: jnp.eye(
+        n, m, dtype=jnp.float32 if dtype is None else _dtype(dtype)),
     "zero": lambda x: jnp.zeros_like(x), "diagonal_scatter": _diagonal_scatter,
     "lstm.input": recurrent("lstm"), "gru.input": recurrent("gru"),
     "rnn_tanh.input": recurrent("rnn_tanh"), "rnn_relu.input": recurrent("rnn_relu"),
