@@ -266,33 +266,6 @@ def test_batch_statistics_of_an_explicit_functional_batch_norm():
     assert rfjax.trf(m, (1, 3, 9, 9)).size == (3, 3)
 
 
-def test_global_response_normalisation_addcmul_and_addcdiv():
-    """ConvNeXt-V2's GRN (``torch.addcmul``) and an ``addcdiv``: outputs equal PyTorch's and
-    masks its gradient support (the spatial norm makes every unit global)."""
-    class GRN(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.gamma = nn.Parameter(torch.full((1, 4, 1, 1), 0.5))
-            self.beta = nn.Parameter(torch.full((1, 4, 1, 1), 0.1))
-
-        def forward(self, x):
-            x = self.conv(x)
-            gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
-            nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
-            y = torch.addcmul(self.beta, self.gamma, x * nx) + x
-            return torch.addcdiv(y, x, nx + 2.0, value=0.5)
-
-    torch.manual_seed(5)
-    m = GRN().eval()
-    x = torch.randn(2, 3, 9, 8)
-    fn, xn = rfjax.from_torch(m, x)
-    with torch.no_grad():
-        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)
-    t = _check_masks(m, (1, 3, 9, 8))
-    assert t.is_global == (True, True)
-
-
 def test_fourier_filters_and_complex_values():
     """A GFNet-style global filter (``rfft2``, a complex weight from ``view_as_complex``,
     ``irfft2``) and 1-D transforms along one axis: outputs equal PyTorch's; ``fft`` along the
@@ -320,3 +293,228 @@ def test_fourier_filters_and_complex_values():
     assert rfjax.trf(m, (1, 4, 8, 8)).is_global == (True, True)
     t = _check_masks(Rows(), (1, 2, 6, 8))
     assert t.is_global == (False, True)
+
+
+def test_bicubic_and_antialiased_resampling_use_pytorchs_own_weights():
+    """F.interpolate bicubic (4 taps, clamped at the border) and antialiased bilinear/bicubic
+    (timm resizes position embeddings with it): the masks and the ERF equal PyTorch's."""
+    class Resample(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=1)
+            self.pos = nn.Parameter(torch.randn(1, 4, 5, 5))
+            self.b = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            h = F.interpolate(self.a(x), scale_factor=2.5, mode="bicubic")
+            h = F.interpolate(h, size=(11, 9), mode="bilinear", antialias=True)
+            h = h + F.interpolate(self.pos, size=h.shape[-2:], mode="bicubic", antialias=True)
+            return self.b(F.interpolate(h, size=(13, 17), mode="bicubic", align_corners=True))
+
+    torch.manual_seed(5)
+    m = Resample().eval()
+    t = _check_masks(m, (1, 3, 10, 8))
+    assert not t.is_global[0] and t.mask((0, 0)).sum() < 80
+    x = torch.randn(2, 3, 10, 8)
+    want = torch_erf(m, x, (6, 8))
+    got = np.asarray(rfjax.erf(m, x, unit=(6, 8)).map)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5 * want.max())
+
+
+def test_a_region_wrapped_by_autocast_runs_inline():
+    """``with torch.autocast(..., enabled=False)`` inside forward (timm's EfficientViT
+    attention) exports as a higher-order operator around a submodule: it runs inline."""
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3)
+            self.b = nn.Conv2d(4, 4, 3, padding=1, dilation=1)
+
+        def forward(self, x):
+            h = self.a(x)
+            with torch.autocast(device_type="cpu", enabled=False):
+                g = F.relu(self.b(h))
+            return g * h
+
+    torch.manual_seed(6)
+    m = Wrapped().eval()
+    _check_masks(m, (1, 3, 12, 10))
+    x = torch.randn(2, 3, 12, 10)
+    want = torch_erf(m, x, (4, 3))
+    got = np.asarray(rfjax.erf(m, x, unit=(4, 3)).map)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5 * want.max())
+
+
+def test_addcmul_and_addcdiv():
+    """ResMLP's Affine is ``torch.addcmul(beta, alpha, x)``."""
+    class Affine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.alpha = nn.Parameter(torch.rand(1, 4, 1, 1) + 0.5)
+            self.beta = nn.Parameter(torch.randn(1, 4, 1, 1))
+
+        def forward(self, x):
+            h = torch.addcmul(self.beta, self.alpha, self.conv(x), value=0.5)
+            return torch.addcdiv(h, h.flip(-1).abs() + 1, h.abs() + 1, value=2.0)
+
+    torch.manual_seed(7)
+    m = Affine().eval()
+    _check_masks(m, (1, 3, 7, 6))
+    x = torch.randn(2, 3, 7, 6)
+    fn, xn = rfjax.from_torch(m, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_recurrent_layers_along_an_image_axis():
+    """nn.LSTM / nn.GRU over the rows of a feature map (Sequencer2D; nn.RNN shares the
+    code path): a bidirectional
+    output sees its whole row, a unidirectional one the columns up to its own."""
+    class RowRNN(nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.rnn = rnn
+
+        def forward(self, x):
+            h = self.conv(x)
+            n, c, hh, ww = h.shape
+            y = self.rnn(h.permute(0, 2, 3, 1).reshape(n * hh, ww, c))[0]
+            return y.reshape(n, hh, ww, -1).permute(0, 3, 1, 2)
+
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 4, 5)
+    for i, rnn in enumerate((nn.LSTM(4, 5, num_layers=2, batch_first=True, bidirectional=True),
+                             nn.GRU(4, 5, batch_first=True),
+                             nn.LSTM(4, 5, batch_first=True, proj_size=3, bias=False))):
+        m = RowRNN(rnn).eval()
+        fn, xn = rfjax.from_torch(m, x)
+        with torch.no_grad():
+            np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-6)
+        if i < 2:  # the field: one bidirectional, one unidirectional
+            t = _check_masks(m, (1, 3, 4, 5))
+            assert t.mask((2, 2)).sum() == (15 if rnn.bidirectional else 12)
+
+
+def test_nearest_resampling_reads_the_source_indices_pytorch_picks():
+    """A scale factor that is not the ratio of the sizes: PyTorch maps output ``o`` to
+    ``floor(o / scale)`` (in float32), not ``floor(o * in / out)``; and ``nearest-exact``."""
+    class Nearest(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            h = F.interpolate(self.a(x), scale_factor=(1.7, 2.3), mode="nearest")
+            return F.interpolate(h, size=(11, 9), mode="nearest-exact")
+
+    torch.manual_seed(9)
+    m = Nearest().eval()
+    _check_masks(m, (1, 3, 5, 6))
+    x = torch.randn(2, 3, 5, 6)
+    fn, xn = rfjax.from_torch(m, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_patch_operators_and_more():
+    """Tensor.unfold (HaloNet), F.unfold / F.fold (VOLO's outlook attention), F.rms_norm,
+    channel shuffle, tile, diagonal, tensor_split and a constant-index scatter."""
+    class Patches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            h = self.a(x)                                                  # 1, 4, 10, 9
+            u = h.unfold(3, 3, 2).mean(-1)                                 # 1, 4, 10, 4
+            c = F.fold(F.unfold(h, 3, padding=1, stride=2), (10, 9), 3, padding=1, stride=2)
+            r = F.rms_norm(c.permute(0, 2, 3, 1), (4,)).permute(0, 3, 1, 2)
+            r = F.channel_shuffle(r, 2) + torch.tensor_split(r.tile(1, 2, 1, 1), 3, dim=1)[0][
+                :, :3].sum(1, keepdim=True)
+            d = torch.diagonal(h[:, :, :9], 0, 2, 3).unsqueeze(-1)         # 1, 4, 9, 1
+            d = d + torch.eye(9, 1, dtype=d.dtype)  # BAT's non-local block adds an identity
+            idx = torch.arange(9).flip(0).expand(1, 4, 10, 9)
+            s = torch.zeros_like(r).scatter(3, idx, r)
+            return s[:, :, :, :4] + u + d[:, :, :4].transpose(2, 3).mean(2, keepdim=True)
+
+    torch.manual_seed(10)
+    m = Patches().eval()
+    _check_masks(m, (1, 3, 10, 9))
+    x = torch.randn(2, 3, 10, 9)
+    fn, xn = rfjax.from_torch(m, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_replication_padding_and_a_dilated_max_pool():
+    """ReplicationPad2d with a zero side (jnp.pad's edge mode reshapes empty pieces: the
+    reshape rule failed on a zero-size axis) and a dilated max-pool (the oracle's surrogate
+    averages over the same dilated windows)."""
+    torch.manual_seed(11)
+    m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReplicationPad2d((3, 0, 2, 1)),
+                      nn.Conv2d(4, 4, 3, padding=(1, 2), padding_mode="replicate"),
+                      nn.MaxPool2d((3, 2), 2, (1, 0), dilation=(2, 3), ceil_mode=True)).eval()
+    _check_masks(m, (1, 3, 10, 9))
+
+
+def test_in_place_writes_through_narrow_split_unbind_and_movedim():
+    """An in-place op on ``narrow``, ``movedim``, ``diagonal`` or a piece of
+    ``chunk``/``split``/``unbind`` writes into the base tensor (these writes were lost: a
+    silent wrong field). Autograd forbids the pieces' writes, so those are checked on values
+    (``torch.no_grad``, as in inference code)."""
+    class Views(nn.Module):
+        def __init__(self, pieces):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 1)
+            self.b = nn.Conv2d(4, 4, 1)
+            self.pieces = pieces
+
+        def forward(self, x):
+            h, g = self.a(x), self.b(self.a(x).roll(2, 3))
+            h.narrow(-1, 1, 3).mul_(g.narrow(-1, 0, 3))
+            h.movedim(1, 3)[..., 0].add_(g[:, 1])
+            torch.diagonal(h, 1, 2, 3).mul_(g[:, :, 0, :3])
+            if self.pieces:
+                h.chunk(2, 1)[1].add_(g[:, :2].flip(2))
+                h.unbind(2)[4].mul_(g[:, :, 0])
+                h.split([1, 3], 3)[1].sub_(g[..., :3])
+            return h
+
+    torch.manual_seed(12)
+    _check_masks(Views(False).eval(), (1, 3, 6, 4))
+    x = torch.randn(2, 3, 6, 4)
+    for pieces in (False, True):
+        m = Views(pieces).eval()
+        fn, xn = rfjax.from_torch(m, x)
+        with torch.no_grad():
+            np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_oracle_softmax_does_not_saturate_after_a_deep_stack():
+    """Positive surrogate weights make 8 un-normalised 1x1 convs give logits ~1e7 apart,
+    where a plain softmax is one-hot and the oracle lost the attention's field (BotNet,
+    HaloNet): the oracle tempers softmaxes (F.softmax and SDPA's, causal mask kept)."""
+    class DeepAttention(nn.Module):
+        def __init__(self, causal):
+            super().__init__()
+            self.convs = nn.Sequential(*[nn.Conv2d(3 if i == 0 else 16, 16, 1) for i in range(8)])
+            self.causal = causal
+
+        def forward(self, x):
+            h = self.convs(x)
+            n, c, hh, ww = h.shape
+            t = h.flatten(2).transpose(1, 2)                              # N, HW, C
+            if self.causal:
+                o = F.scaled_dot_product_attention(t[:, None], t[:, None], t[:, None],
+                                                   is_causal=True)[:, 0]
+            else:
+                o = (t @ t.transpose(1, 2)).softmax(-1) @ t
+            return o.transpose(1, 2).reshape(n, c, hh, ww)
+
+    torch.manual_seed(13)
+    for causal in (False, True):
+        t = _check_masks(DeepAttention(causal).eval(), (1, 3, 5, 4))
+        assert t.mask((4, 3)).all() and t.mask((0, 0)).sum() == (1 if causal else 20)

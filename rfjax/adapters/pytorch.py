@@ -35,7 +35,12 @@ __all__ = ["Program", "TorchFunction", "UnsupportedOperatorError", "from_torch",
 
 #: View operators whose mutation writes through to their base (in-place on a slice).
 _VIEWS = {"slice", "select", "alias", "view", "reshape", "_unsafe_view", "unsqueeze",
-          "squeeze", "flatten", "permute", "transpose", "t", "contiguous"}
+          "squeeze", "flatten", "permute", "transpose", "t", "contiguous", "narrow",
+          "movedim", "moveaxis", "swapaxes", "swapdims", "unflatten", "view_as",
+          "reshape_as"}
+#: Operators whose pieces (``getitem`` of the output) are views of their input.
+_PIECES = {"split", "split_with_sizes", "chunk", "unbind", "tensor_split", "unsafe_split",
+           "unsafe_chunk", "unsafe_split_with_sizes"}
 
 
 def is_torch_module(obj: Any) -> bool:
@@ -91,6 +96,7 @@ class Program:
     param_names: tuple[str, ...]
     layer: str | None = None
     layer_node: Any = None
+    attrs: dict = dataclasses.field(default_factory=dict)  # get_attr target -> its value
 
     def params(self, module) -> dict[str, jax.Array]:
         """The module's current floating-point parameters and buffers."""
@@ -101,42 +107,53 @@ class Program:
     def apply(self, params: dict, x):
         env: dict = {}
         views: dict = {}  # view node -> (base node, op name, args)
-
-        def value(a):
-            if hasattr(a, "op") and hasattr(a, "meta"):  # an fx Node
-                return env[a]
-            if isinstance(a, (list, tuple)):
-                return type(a)(value(v) for v in a)
-            if isinstance(a, dict):
-                return {k: value(v) for k, v in a.items()}
-            return a
-
         for node in self.nodes:
             if node.op == "placeholder":
                 kind, v = self.inputs[node.name]
                 env[node] = x if kind == "input" else (params[v] if kind == "param" else v)
+            elif node.op == "get_attr":
+                env[node] = self.attrs[node.target]
             elif node.op == "call_function":
-                self._call(node, env, views, value)
+                self._call(node, env, views)
                 if node is self.layer_node:
                     return env[node]
             elif node.op == "output":
-                outs = value(node.args[0])
+                outs = _value(node.args[0], env)
                 return _unflatten(list(outs), self.out_spec)
         raise RuntimeError("the exported program has no output")  # pragma: no cover
 
-    def _call(self, node, env, views, value):
+    def _call(self, node, env, views):
         if node.target is operator.getitem:
-            seq, i = value(node.args[0]), node.args[1]
+            src, i = node.args[0], node.args[1]
+            seq = _value(src, env)
             env[node] = seq[i]
+            if _is_node(src) and src.op == "call_function" and src.target is not \
+                    operator.getitem and _op_name(src.target)[0] in _PIECES and \
+                    _is_node(src.args[0]):
+                # piece i of a split is a view of the input: a slice (unbind: a select)
+                unbind = _op_name(src.target)[0] == "unbind"
+                k = 1 if unbind else 2
+                dim = src.args[k] if len(src.args) > k else src.kwargs.get("dim", 0)
+                if unbind:
+                    views[node] = (src.args[0], "select", (dim, i))
+                else:
+                    d = dim + seq[i].ndim if dim < 0 else dim
+                    start = sum(int(p.shape[d]) for p in seq[:i])
+                    views[node] = (src.args[0], "slice", (d, start, start + seq[i].shape[d], 1))
             return
         name, overload = _op_name(node.target)
         if name.startswith("_assert") or name in ("sym_constrain_range_for_size",):
             env[node] = None
             return
+        if name in _WRAPS:  # a region of the graph in its own submodule: run it inline
+            k = _WRAPS[name]
+            env[node] = self._run_sub(_value(node.args[k], env),
+                                      _value(tuple(node.args[k + 1:]), env))
+            return
         fn = lookup(name, overload)
         if fn is None:
             raise _unsupported(node, name, overload)
-        args, kwargs = value(node.args), value(node.kwargs)
+        args, kwargs = _value(node.args, env), _value(node.kwargs, env)
         with jax.named_scope(_scope_name(node)):
             try:
                 out = fn(*args, **kwargs)
@@ -147,6 +164,50 @@ class Program:
             views[node] = (node.args[0], name, node.args[1:])
         if _mutates(node.target) and node.args and _is_node(node.args[0]):
             _write_back(node.args[0], out, env, views)
+
+    def _run_sub(self, sub, operands) -> tuple:
+        """The outputs of the graph module ``sub`` (a wrapped region) on ``operands``."""
+        env: dict = {}
+        views: dict = {}
+        args = iter(operands)
+        for node in sub.graph.nodes:
+            if node.op == "placeholder":
+                env[node] = next(args)
+            elif node.op == "get_attr":
+                env[node] = _attr(sub, node.target)
+            elif node.op == "call_function":
+                self._call(node, env, views)
+            elif node.op == "output":
+                return tuple(_value(node.args[0], env))
+        raise RuntimeError("a wrapped region has no output")  # pragma: no cover
+
+
+#: Higher-order operators that only wrap a region of the graph in a submodule (a ``with
+#: torch.autocast(...)`` or ``torch.no_grad()`` block inside ``forward``, e.g. EfficientViT's
+#: attention): the number of arguments before the submodule; the rest are its operands. The
+#: region runs inline, in its operands' dtype: an autocast's lower precision is not applied.
+_WRAPS = {"wrap_with_autocast": 4, "wrap_with_set_grad_enabled": 1}
+
+
+def _value(a, env):
+    """``a`` (an fx node, or a container of them) evaluated in ``env``."""
+    if _is_node(a):
+        return env[a]
+    if isinstance(a, (list, tuple)):
+        return type(a)(_value(v, env) for v in a)
+    if isinstance(a, dict):
+        return {k: _value(v, env) for k, v in a.items()}
+    return a
+
+
+def _attr(module, target: str):
+    """A ``get_attr`` target: a submodule of a wrapped region, or a constant (an array)."""
+    obj = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    if type(obj).__module__.startswith("torch") and hasattr(obj, "detach"):
+        return np.asarray(obj.detach().cpu().numpy())
+    return obj
 
 
 def _unsupported(node, name: str, overload: str) -> UnsupportedOperatorError:
@@ -192,10 +253,17 @@ def _write_back(target_node, new, env, views) -> None:
         elif op == "select":
             dim, i = args
             new = old.at[(slice(None),) * (dim + old.ndim if dim < 0 else dim) + (i,)].set(new)
+        elif op == "narrow":
+            dim, start, length = args
+            d = dim + old.ndim if dim < 0 else dim
+            start = start + old.shape[d] if start < 0 else start
+            new = old.at[(slice(None),) * d + (slice(start, start + length),)].set(new)
         elif op in ("permute",):
             new = jnp.transpose(new, np.argsort(args[0]))
-        elif op in ("transpose",):
+        elif op in ("transpose", "swapaxes", "swapdims"):
             new = jnp.swapaxes(new, args[0], args[1])
+        elif op in ("movedim", "moveaxis"):
+            new = jnp.moveaxis(new, args[1], args[0])
         elif op == "t":
             new = new.T
         else:  # alias, view, reshape, (un)squeeze, flatten, contiguous: same elements
@@ -305,11 +373,20 @@ class _NeedsFunctional(Exception):
 def _check(prog: Program) -> None:
     """Fail early on an operator without a lowering; ask for functionalisation where a view
     that cannot be written back through is mutated."""
-    for node in prog.nodes:
+    _check_nodes(prog.nodes, prog.attrs)
+
+
+def _check_nodes(nodes, attrs) -> None:
+    for node in nodes:
         if node.op != "call_function" or node.target is operator.getitem:
             continue
         name, overload = _op_name(node.target)
         if name.startswith("_assert"):
+            continue
+        if name in _WRAPS:
+            sub = node.args[_WRAPS[name]]
+            sub = attrs[sub.target] if _is_node(sub) and sub.target in attrs else sub
+            _check_nodes(list(sub.graph.nodes), {})
             continue
         if lookup(name, overload) is None:
             raise _unsupported(node, name, overload)
@@ -361,7 +438,8 @@ def _lower(ep, layer: str | None) -> Program:
         out_spec = ep.call_spec.out_spec
     except AttributeError:  # pragma: no cover - older torch
         pass
-    return Program(nodes, inputs, out_spec, tuple(params), layer, layer_node)
+    attrs = {n.target: _attr(ep.graph_module, n.target) for n in nodes if n.op == "get_attr"}
+    return Program(nodes, inputs, out_spec, tuple(params), layer, layer_node, attrs)
 
 
 def from_torch(module, example, *, layer: str | None = None) -> tuple[Callable, np.ndarray]:

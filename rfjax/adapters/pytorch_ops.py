@@ -234,71 +234,6 @@ def adaptive_max_pool(n):
     return fn
 
 
-# ---------------------------------------------------------------------------- resampling
-
-
-def _scale_sizes(x, n, output_size, scale_factors):
-    if output_size is not None:
-        return tuple(int(s) for s in output_size)
-    sf = _tuple_f(scale_factors, n)
-    return tuple(int(math.floor(x.shape[2 + i] * sf[i])) for i in range(n))
-
-
-def _tuple_f(v, n):
-    if isinstance(v, (int, float)):
-        return (float(v),) * n
-    v = tuple(float(a) for a in v)
-    return v * n if len(v) == 1 else v
-
-
-def upsample_nearest(n):
-    def fn(x, output_size=None, scale_factors=None, *rest):
-        if not isinstance(scale_factors, (list, tuple, type(None))):
-            scale_factors = [scale_factors] + list(rest[:n - 1])
-        size = _scale_sizes(x, n, output_size, scale_factors)
-        for i in range(n):
-            ax = 2 + i
-            src = np.floor(np.arange(size[i]) * (x.shape[ax] / size[i])).astype(np.int64)
-            x = jnp.take(x, np.minimum(src, x.shape[ax] - 1), axis=ax)
-        return x
-    return fn
-
-
-def _linear_matrix(n_in: int, n_out: int, align_corners: bool, scale: float | None):
-    """PyTorch's (bi/tri)linear interpolation weights along one axis, ``(n_out, n_in)``."""
-    if align_corners:
-        r = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-        src = np.arange(n_out) * r
-    else:
-        r = 1.0 / scale if scale else n_in / n_out
-        src = np.maximum((np.arange(n_out) + 0.5) * r - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = src - i0
-    M = np.zeros((n_out, n_in))
-    M[np.arange(n_out), i0] += 1 - w1
-    M[np.arange(n_out), i1] += w1
-    return M
-
-
-def upsample_linear(n):
-    def fn(x, output_size=None, align_corners=False, scale_factors=None, *rest):
-        explicit = None
-        if not isinstance(scale_factors, (list, tuple, type(None))):  # the per-axis overload
-            scale_factors = [scale_factors] + list(rest[:n - 1])
-            explicit = scale_factors
-        size = _scale_sizes(x, n, output_size, scale_factors)
-        for i in range(n):
-            ax = 2 + i
-            sc = explicit[i] if explicit and explicit[i] else (
-                _tuple_f(scale_factors, n)[i] if scale_factors is not None else None)
-            M = _linear_matrix(x.shape[ax], size[i], bool(align_corners), sc)
-            x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(M.T, x.dtype), axes=([ax], [0])),
-                             -1, ax)
-        return x
-    return fn
-
-
 # ---------------------------------------------------------------------------- shapes
 
 
@@ -768,3 +703,33 @@ def _any_all(fn):
 
 def _logsumexp(x, dim, keepdim=False):
     return jax.scipy.special.logsumexp(x, axis=tuple(_tuple(dim, 1)), keepdims=keepdim)
+
+
+def _rms_norm(x, normalized_shape, weight=None, eps=None):
+    axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+    eps = float(jnp.finfo(x.dtype).eps) if eps is None else eps
+    y = x * lax.rsqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True) + eps)
+    return y if weight is None else y * weight
+
+
+def _channel_shuffle(x, groups):
+    n, c = x.shape[:2]
+    y = x.reshape((n, groups, c // groups) + x.shape[2:])
+    return jnp.swapaxes(y, 1, 2).reshape(x.shape)
+
+
+def _cosine_similarity(x1, x2, dim=1, eps=1e-8):
+    # PyTorch: sum(x1 * x2) / sqrt(clamp_min(|x1|^2 * |x2|^2, eps^2))
+    w12 = jnp.sum(x1 * x2, axis=dim)
+    n12 = jnp.sum(x1 * x1, axis=dim) * jnp.sum(x2 * x2, axis=dim)
+    return w12 / jnp.sqrt(jnp.maximum(n12, eps * eps))
+
+
+def _diagonal_scatter(x, src, offset=0, dim1=0, dim2=1):
+    """``x`` with its diagonal (``torch.diagonal(x, offset, dim1, dim2)``, last axis of
+    ``src``) replaced by ``src``."""
+    y = jnp.moveaxis(x, (dim1, dim2), (-2, -1))
+    n = src.shape[-1]
+    r = np.arange(n) + max(-offset, 0)
+    c = np.arange(n) + max(offset, 0)
+    return jnp.moveaxis(y.at[..., r, c].set(src), (-2, -1), (dim1, dim2))

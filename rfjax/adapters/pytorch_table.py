@@ -19,10 +19,14 @@ from rfjax.adapters.pytorch_ops import (
     _arg,
     _baddbmm,
     _cat,
+    _channel_shuffle,
     _clamp,
     _copy,
+    _cosine_similarity,
     _cumsum,
+    _diagonal_scatter,
     _dropout,
+    _dtype,
     _einsum,
     _elu,
     _embedding,
@@ -54,6 +58,7 @@ from rfjax.adapters.pytorch_ops import (
     _reduce,
     _repeat,
     _repeat_interleave,
+    _rms_norm,
     _scalar_tensor,
     _softplus,
     _sort,
@@ -113,10 +118,18 @@ from rfjax.adapters.pytorch_ops import (
     sub,
     to_dtype,
     unbind,
-    upsample_linear,
-    upsample_nearest,
     view,
 )
+from rfjax.adapters.pytorch_patches import (
+    col2im,
+    im2col,
+    index_add,
+    scatter,
+    take_along_dim,
+    unfold,
+)
+from rfjax.adapters.pytorch_recurrent import recurrent
+from rfjax.adapters.pytorch_resample import upsample_linear, upsample_nearest, upsample_probed
 
 __all__ = ["ATEN", "lookup"]
 
@@ -144,6 +157,9 @@ ATEN: dict[str, Callable] = {
     "upsample_nearest3d": upsample_nearest(3),
     "upsample_linear1d": upsample_linear(1), "upsample_bilinear2d": upsample_linear(2),
     "upsample_trilinear3d": upsample_linear(3),
+    "upsample_bicubic2d": upsample_probed("upsample_bicubic2d", 2),
+    "_upsample_bicubic2d_aa": upsample_probed("_upsample_bicubic2d_aa", 2),
+    "_upsample_bilinear2d_aa": upsample_probed("_upsample_bilinear2d_aa", 2),
     # activations
     "relu": jax.nn.relu, "relu6": jax.nn.relu6, "gelu": gelu, "silu": jax.nn.silu,
     "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "hardswish": jax.nn.hard_swish,
@@ -201,9 +217,7 @@ ATEN.update({
     "trunc": jnp.trunc, "exp2": jnp.exp2, "log2": jnp.log2, "log1p": jnp.log1p,
     "expm1": jnp.expm1, "sinh": jnp.sinh, "cosh": jnp.cosh, "atan": jnp.arctan,
     "atan2": jnp.arctan2, "erfinv": jax.scipy.special.erfinv, "lerp":
-        lambda a, b, w: a + w * (b - a), "addcmul": lambda a, b, c, value=1: a + value * b * c,
-    "addcdiv": lambda a, b, c, value=1: a + value * b / c, "embedding": _embedding,
-    "baddbmm": _baddbmm,
+        lambda a, b, w: a + w * (b - a), "embedding": _embedding, "baddbmm": _baddbmm,
     "repeat_interleave": _repeat_interleave, "tril": _tri(jnp.tril), "triu": _tri(jnp.triu),
     "bitwise_not": jnp.invert, "bitwise_and": jnp.bitwise_and, "bitwise_or": jnp.bitwise_or,
     "floor_divide": jnp.floor_divide, "remainder": jnp.remainder, "fmod": jnp.fmod,
@@ -227,6 +241,37 @@ ATEN.update({
                                                  jnp.where(x < -lambd, x + lambd, 0)),
     "threshold": lambda x, t, v: jnp.where(x > t, x, v),
     "log10": jnp.log10, "tan": jnp.tan, "asin": jnp.arcsin, "acos": jnp.arccos,
+    "unfold": unfold, "im2col": im2col, "col2im": col2im, "scatter": scatter("set"),
+    "scatter_add": scatter("add"), "index_add": index_add, "take_along_dim": take_along_dim,
+    "rms_norm": _rms_norm, "channel_shuffle": _channel_shuffle,
+    "native_channel_shuffle": _channel_shuffle, "tile": lambda x, dims: jnp.tile(x, dims),
+    "tensor_split.sections": lambda x, n, dim=0: jnp.array_split(x, n, axis=dim),
+    "tensor_split.indices": lambda x, idx, dim=0: jnp.split(x, idx, axis=dim),
+    "diagonal": lambda x, offset=0, dim1=0, dim2=1: jnp.diagonal(x, offset, dim1, dim2),
+    "hypot": jnp.hypot, "erfc": jax.scipy.special.erfc, "sgn": jnp.sign, "outer": jnp.outer,
+    "frac": lambda x: x - jnp.trunc(x), "fmax": jnp.fmax, "fmin": jnp.fmin,
+    "logit": lambda x, eps=None: jax.scipy.special.logit(
+        x if eps is None else jnp.clip(x, eps, 1 - eps)),
+    "cosine_similarity": _cosine_similarity,
+    "nanmean": lambda x, dim=None, keepdim=False, dtype=None: jnp.nanmean(
+        x, axis=None if dim is None else tuple(dim) if isinstance(dim, (list, tuple)) else dim,
+        keepdims=keepdim),
+    "rrelu": lambda x, lower=1 / 8, upper=1 / 3, training=False, generator=None:
+        jax.nn.leaky_relu(x, (lower + upper) / 2),
+    "aminmax": lambda x, dim=None, keepdim=False: (
+        jnp.min(x, axis=dim, keepdims=keepdim), jnp.max(x, axis=dim, keepdims=keepdim)),
+    "_upsample_nearest_exact1d": upsample_nearest(1, exact=True),
+    "_upsample_nearest_exact2d": upsample_nearest(2, exact=True),
+    "_upsample_nearest_exact3d": upsample_nearest(3, exact=True),
+    "adaptive_max_pool1d": adaptive_max_pool(1),
+    "max_pool1d_with_indices": max_pool_with_indices(1),
+    "eye": lambda n, m=None, *a, dtype=None, **k: jnp.eye(
+        n, m, dtype=jnp.float32 if dtype is None else _dtype(dtype)),
+    "zero": lambda x: jnp.zeros_like(x), "diagonal_scatter": _diagonal_scatter,
+    "lstm.input": recurrent("lstm"), "gru.input": recurrent("gru"),
+    "rnn_tanh.input": recurrent("rnn_tanh"), "rnn_relu.input": recurrent("rnn_relu"),
+    "addcmul": lambda x, t1, t2, value=1: x + value * (t1 * t2),
+    "addcdiv": lambda x, t1, t2, value=1: x + value * (t1 / t2),
     "isnan": jnp.isnan, "isinf": jnp.isinf, "nan_to_num": lambda x, nan=0.0, posinf=None,
     neginf=None: jnp.nan_to_num(x, nan=nan, posinf=posinf, neginf=neginf),
 })
