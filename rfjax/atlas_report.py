@@ -144,7 +144,9 @@ def markdown(records: Sequence[dict], meta: dict, *, total: int, notes: str = ""
     if fails:
         lines += ["## Failures, grouped", ""]
         for k, names in sorted(fails.items()):
-            lines.append(f"- **{k}** ({len(names)}): {', '.join(names)}")
+            why = FAILURE_NOTES.get(k)
+            lines.append(f"- **{k}** ({len(names)}): {', '.join(names)}"
+                         + (f". {why}" if why else ""))
         lines.append("")
     lines += [
         "## Cross-check: google-research/receptive_field",
@@ -160,6 +162,19 @@ def markdown(records: Sequence[dict], meta: dict, *, total: int, notes: str = ""
         REFERENCE_NOTES,
     ]
     return "\n".join(lines) + "\n"
+
+
+#: Why a kind of failure happens (``"<phase>: <type>"`` as grouped in the report).
+FAILURE_NOTES = {
+    "run: Timeout": (
+        "The model ran past the per-model time budget (`--timeout`, 900 s). `rfjax.trf` "
+        "decides `is_global` from every unit's exact mask, never a sample; an output whose "
+        "every unit is global and which has tens of thousands of units (DeepLabV3's "
+        "224×224 map after its ASPP image pooling, CoaT's serial blocks at 56×56 tokens) "
+        "means that many backward mask passes on this 2-core CPU. Not a wrong answer: no "
+        "record is written for the model."),
+    "erf: Skipped": "The ERF is measured on the last stage, whose TRF failed first.",
+}
 
 
 REFERENCE_NOTES = """\
