@@ -170,9 +170,9 @@ FAILURE_NOTES = {
         "The model ran past the per-model time budget (`--timeout`, 900 s). `rfjax.trf` "
         "decides `is_global` from every unit's exact mask, never a sample; an output whose "
         "every unit is global and which has tens of thousands of units (DeepLabV3's "
-        "224×224 map after its ASPP image pooling, CoaT's serial blocks at 56×56 tokens) "
+        "224×224 map after its ASPP image pooling: 50,176 units) "
         "means that many backward mask passes on this 2-core CPU. Not a wrong answer: no "
-        "record is written for the model."),
+        "field is recorded for the model."),
     "erf: Skipped": "The ERF is measured on the last stage, whose TRF failed first.",
 }
 
