@@ -77,6 +77,20 @@ def test_failing_constructor_is_recorded():
     json.dumps(r)
 
 
+def test_report_explains_each_kind_of_failure():
+    """A failure is grouped by phase and type, with why that kind of failure happens."""
+    from rfjax import atlas_report
+
+    rec = {"name": "slow", "family": "test", "framework": "torchvision", "resolution": 32,
+           "status": "failed", "stages": [], "seconds": 900.0,
+           "errors": [{"phase": "run", "type": "Timeout", "message": "ran past 900 s",
+                       "where": ""}]}
+    text = atlas_report.markdown([rec], {}, total=1)
+    line = next(ln for ln in text.splitlines() if ln.startswith("- **run: Timeout**"))
+    assert "`slow`" in line and atlas_report.FAILURE_NOTES["run: Timeout"] in line
+    assert "1 failed" in text
+
+
 def test_rectangular_and_stage_ends():
     m = np.zeros((6, 6), bool)
     m[1:4, 2:5] = True
