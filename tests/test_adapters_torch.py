@@ -57,6 +57,20 @@ class Zoo(nn.Module):
         return self.head(torch.cat([h, u * s], dim=1))
 
 
+def _same_output(module, x, rtol, atol):
+    """The lowered module's output equals PyTorch's on ``x``."""
+    fn, xn = rfjax.from_torch(module, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(fn(xn)), module(x).numpy(), rtol=rtol, atol=atol)
+
+
+def _check_module(module, chw, rtol, atol):
+    """Masks at ``(1, *chw)`` equal the gradient support; outputs on two random images equal
+    PyTorch's."""
+    _check_masks(module, (1,) + chw)
+    _same_output(module, torch.randn((2,) + chw), rtol=rtol, atol=atol)
+
+
 def _units(shape):
     H, W = shape
     return [(0, 0), (0, W // 2), (H // 2, W // 2), (H - 1, W - 1), (H // 3, W - 1)]
@@ -260,9 +274,7 @@ def test_batch_statistics_of_an_explicit_functional_batch_norm():
     torch.manual_seed(4)
     m = StdConv(3, 4, 3, padding=1).eval()
     x = torch.randn(2, 3, 9, 9)
-    fn, xn = rfjax.from_torch(m, x)
-    with torch.no_grad():
-        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)
+    _same_output(m, x, rtol=1e-4, atol=1e-5)
     assert rfjax.trf(m, (1, 3, 9, 9)).size == (3, 3)
 
 
@@ -287,9 +299,7 @@ def test_fourier_filters_and_complex_values():
     torch.manual_seed(6)
     m = GlobalFilter().eval()
     x = torch.randn(2, 4, 8, 8)
-    fn, xn = rfjax.from_torch(m, x)
-    with torch.no_grad():
-        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)
+    _same_output(m, x, rtol=1e-4, atol=1e-5)
     assert rfjax.trf(m, (1, 4, 8, 8)).is_global == (True, True)
     t = _check_masks(Rows(), (1, 2, 6, 8))
     assert t.is_global == (False, True)
@@ -360,11 +370,7 @@ def test_addcmul_and_addcdiv():
 
     torch.manual_seed(7)
     m = Affine().eval()
-    _check_masks(m, (1, 3, 7, 6))
-    x = torch.randn(2, 3, 7, 6)
-    fn, xn = rfjax.from_torch(m, x)
-    with torch.no_grad():
-        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-5)
+    _check_module(m, (3, 7, 6), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -390,9 +396,7 @@ def test_recurrent_layers_along_an_image_axis():
                              nn.GRU(4, 5, batch_first=True),
                              nn.LSTM(4, 5, batch_first=True, proj_size=3, bias=False))):
         m = RowRNN(rnn).eval()
-        fn, xn = rfjax.from_torch(m, x)
-        with torch.no_grad():
-            np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-6)
+        _same_output(m, x, rtol=1e-5, atol=1e-6)
         if i < 2:  # the field: one bidirectional, one unidirectional
             t = _check_masks(m, (1, 3, 4, 5))
             assert t.mask((2, 2)).sum() == (15 if rnn.bidirectional else 12)
@@ -412,11 +416,7 @@ def test_nearest_resampling_reads_the_source_indices_pytorch_picks():
 
     torch.manual_seed(9)
     m = Nearest().eval()
-    _check_masks(m, (1, 3, 5, 6))
-    x = torch.randn(2, 3, 5, 6)
-    fn, xn = rfjax.from_torch(m, x)
-    with torch.no_grad():
-        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-6)
+    _check_module(m, (3, 5, 6), rtol=1e-5, atol=1e-6)
 
 
 def test_patch_operators_and_more():
@@ -442,11 +442,7 @@ def test_patch_operators_and_more():
 
     torch.manual_seed(10)
     m = Patches().eval()
-    _check_masks(m, (1, 3, 10, 9))
-    x = torch.randn(2, 3, 10, 9)
-    fn, xn = rfjax.from_torch(m, x)
-    with torch.no_grad():
-        np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-4, atol=1e-5)
+    _check_module(m, (3, 10, 9), rtol=1e-4, atol=1e-5)
 
 
 def test_replication_padding_and_a_dilated_max_pool():
@@ -488,9 +484,7 @@ def test_in_place_writes_through_narrow_split_unbind_and_movedim():
     x = torch.randn(2, 3, 6, 4)
     for pieces in (False, True):
         m = Views(pieces).eval()
-        fn, xn = rfjax.from_torch(m, x)
-        with torch.no_grad():
-            np.testing.assert_allclose(np.asarray(fn(xn)), m(x).numpy(), rtol=1e-5, atol=1e-5)
+        _same_output(m, x, rtol=1e-5, atol=1e-5)
 
 
 def test_oracle_softmax_does_not_saturate_after_a_deep_stack():
