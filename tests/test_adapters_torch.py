@@ -512,3 +512,45 @@ def test_oracle_softmax_does_not_saturate_after_a_deep_stack():
     for causal in (False, True):
         t = _check_masks(DeepAttention(causal).eval(), (1, 3, 5, 4))
         assert t.mask((4, 3)).all() and t.mask((0, 0)).sum() == (1 if causal else 20)
+
+
+def test_layer_whose_output_is_not_its_last_computation_is_refused():
+    """``layer=`` stops at the last value computed inside the submodule: a submodule that
+    returns a tuple (an LSTM, a pair) or whose last computation is not what it returns is
+    refused with a clear error instead of analysing another tensor."""
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = self.c(x)
+            return y, y.mean((2, 3))
+
+    class SideBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+            self.d = nn.Conv2d(3, 4, 5)
+
+        def forward(self, x):
+            y = self.c(x)
+            self.d(x)  # computed after y, not returned
+            return y
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pair = Pair()
+            self.side = SideBranch()
+
+        def forward(self, x):
+            return self.pair(x)[0] + self.side(x)
+
+    with pytest.raises(ValueError, match="layer 'pair' returns a tuple, not one tensor"):
+        rfjax.trf(Net(), (1, 3, 8, 8), layer="pair")
+    with pytest.raises(ValueError, match=r"layer 'side' returns a tensor of shape \(1, 4, 6, 6\)"
+                                         r", but the last value computed inside it has shape"):
+        rfjax.trf(Net(), (1, 3, 8, 8), layer="side")
+    t = rfjax.trf(Net(), (1, 3, 8, 8), layer="side.c")
+    assert (t.output_shape, t.size) == ((6, 6), (3, 3))

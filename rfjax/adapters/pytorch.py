@@ -345,6 +345,14 @@ def _build(module, x, layer: str | None) -> Program:
     torch = _torch()
     was_training = module.training
     module.eval()  # evaluation mode for the analysis; the user's mode is restored
+    returned: list = []  # what the layer's forward returns (seen by a hook while exporting)
+    hook = None
+    if layer is not None:
+        try:
+            hook = module.get_submodule(layer).register_forward_hook(
+                lambda _m, _i, out: returned.append(out))
+        except AttributeError:
+            pass  # not a submodule path: _lower says so
     try:
         with torch.no_grad():
             try:
@@ -357,13 +365,34 @@ def _build(module, x, layer: str | None) -> Program:
                     "flow)") from e
     finally:
         module.train(was_training)
+        if hook is not None:
+            hook.remove()
     prog = _lower(ep, layer)
     try:
         _check(prog)
     except _NeedsFunctional:
         prog = _lower(ep.run_decompositions({}), layer)
         _check(prog)
+    if returned:
+        _check_layer_output(prog, layer, returned[-1])
     return prog
+
+
+def _check_layer_output(prog: Program, layer: str, out) -> None:
+    """``layer=`` stops at the last value computed inside the submodule: refuse, rather than
+    analyse another tensor, where that is not what its ``forward`` returns (a tuple, a dict,
+    or a last computation of another shape)."""
+    torch = _torch()
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(
+            f"layer {layer!r} returns a {type(out).__name__}, not one tensor; rfjax analyses "
+            "one tensor: name a submodule that returns one (or analyse the model's output)")
+    val = prog.layer_node.meta.get("val")
+    if val is not None and tuple(val.shape) != tuple(out.shape):
+        raise ValueError(
+            f"layer {layer!r} returns a tensor of shape {tuple(out.shape)}, but the last value "
+            f"computed inside it has shape {tuple(val.shape)}; rfjax cannot tell which value "
+            "is its output: name a submodule whose output is its last computation")
 
 
 class _NeedsFunctional(Exception):
