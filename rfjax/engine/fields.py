@@ -208,6 +208,14 @@ def or_masks(a, b):
     return a | b
 
 
+def union(masks) -> np.ndarray | None:
+    """Union of several masks (``None``: no dependency), ``None`` when all are."""
+    out = None
+    for m in masks:
+        out = or_masks(out, m)
+    return out
+
+
 def backward(tape: Tape, jaxpr: jcore.Jaxpr, out_masks: Sequence[np.ndarray | None],
              after_step: Callable[[int, dict], dict] | None = None):
     """Run the tape backward from ``out_masks`` (leading query axis); returns invar masks.

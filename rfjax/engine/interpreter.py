@@ -132,7 +132,7 @@ def forward(jaxpr: jcore.Jaxpr, consts: Sequence[Any], in_infos: Sequence[Info |
         if not any(i is not None for i in infos):
             _evaluate_constant(eqn, env, ctx)
             continue
-        if all(0 in o.aval.shape for o in eqn.outvars if hasattr(o.aval, "shape")):
+        if eqn.outvars and all(0 in getattr(o.aval, "shape", (1,)) for o in eqn.outvars):
             # zero-size outputs (jnp.pad's edge mode builds some) hold no element, so no
             # dependency: they are constants of the program
             for o in eqn.outvars:

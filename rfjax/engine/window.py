@@ -120,7 +120,8 @@ def apply_relations(mask: np.ndarray, rels: dict[int, np.ndarray]) -> np.ndarray
     ``rels`` (not the leading query axis) on which the mask is the same at every index (a
     feature axis whose channels share their mask: depthwise convolutions, pooling) are
     carried at size 1 through the products and broadcast back, so the cost does not grow
-    with the number of channels. Returns a new, writable array."""
+    with the number of channels. Returns a new, writable array (``mask`` itself when
+    ``rels`` is empty)."""
     if not rels:
         return mask
     out_shape = list(mask.shape)

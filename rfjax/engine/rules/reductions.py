@@ -8,26 +8,38 @@ import numpy as np
 from rfjax.engine import constants, known, known_structure
 from rfjax.engine.cone_ir import Unsupported, is_dependent
 from rfjax.engine.errors import UnsupportedPrimitiveError, source_line
-from rfjax.engine.fields import INF, Info, bshape, combine, estimate_slopes, materialize
+from rfjax.engine.fields import (
+    INF,
+    Info,
+    bshape,
+    combine,
+    estimate_slopes,
+    materialize,
+    union,
+)
 from rfjax.engine.records import ConeRule, PrimitiveRule
+
+
+def _reduced(info: Info, n: int, axes: tuple[int, ...]) -> Info:
+    """The intervals of a reduction over ``axes`` of an ``n``-dimensional operand (the
+    reduced axes dropped): each output reads every element along them."""
+    keep = [j for j in range(n) if j not in axes]
+    return Info([bshape(x, n).min(axis=axes) for x in info.lo],
+                [bshape(x, n).max(axis=axes) for x in info.hi],
+                [np.asarray(s)[keep] for s in info.slope])
+
+
+def _spread(m: np.ndarray, axes: tuple[int, ...], in_shape: tuple[int, ...]) -> np.ndarray:
+    """Backward of a reduction over ``axes``: the output's mask over every reduced element."""
+    m = np.expand_dims(m, tuple(1 + a for a in axes))
+    return np.broadcast_to(m, (m.shape[0],) + in_shape).copy()
 
 
 def reduce_rule(eqn, infos, env, ctx, prefix):
     axes = tuple(eqn.params["axes"])
     in_shape = tuple(eqn.invars[0].aval.shape)
-    op_i = infos[0]
-    n = len(in_shape)
-    keep = [j for j in range(n) if j not in axes]
-    out = Info([bshape(x, n).min(axis=axes) for x in op_i.lo],
-               [bshape(x, n).max(axis=axes) for x in op_i.hi],
-               [np.asarray(s)[keep] for s in op_i.slope])
-
-    def bwd(oms):
-        m = oms[0]
-        m = np.expand_dims(m, tuple(1 + a for a in axes))
-        return [np.broadcast_to(m, (m.shape[0],) + in_shape).copy()]
-
-    return [out], bwd
+    out = _reduced(infos[0], len(in_shape), axes)
+    return [out], lambda oms: [_spread(oms[0], axes, in_shape)]
 
 
 def generic_reduce_rule(eqn, infos, env, ctx, prefix):
@@ -37,30 +49,17 @@ def generic_reduce_rule(eqn, infos, env, ctx, prefix):
     axes = tuple(eqn.params["dimensions"])
     half = len(eqn.invars) // 2
     in_shape = tuple(eqn.invars[0].aval.shape)
-    n = len(in_shape)
-    keep = [j for j in range(n) if j not in axes]
-    each = []
-    for k, i in enumerate(infos):
-        if i is None:
-            continue
-        if k < half:
-            each.append(Info([bshape(x, n).min(axis=axes) for x in i.lo],
-                             [bshape(x, n).max(axis=axes) for x in i.hi],
-                             [np.asarray(s)[keep] for s in i.slope]))
-        else:  # an initial value (a scalar) that depends on x
-            each.append(Info([bshape(x, 0) for x in i.lo], [bshape(x, 0) for x in i.hi],
-                             [np.zeros(len(keep)) for _ in i.lo]))
-    out = combine(each, len(keep), ctx.naxes)
+    n_out = len(in_shape) - len(axes)
+    each = [(_reduced(i, len(in_shape), axes) if k < half else  # an initial value (a scalar)
+             Info([bshape(x, 0) for x in i.lo], [bshape(x, 0) for x in i.hi],
+                  [np.zeros(n_out) for _ in i.lo]))
+            for k, i in enumerate(infos) if i is not None]
+    out = combine(each, n_out, ctx.naxes)
 
     def bwd(oms):
-        m = None
-        for o in oms:
-            if o is not None:
-                m = o if m is None else (m | o)
-        full = np.broadcast_to(np.expand_dims(m, tuple(1 + a for a in axes)),
-                               (m.shape[0],) + in_shape)
+        m = union(oms)
         init = m.reshape(m.shape[0], -1).any(axis=1)
-        return [(full.copy() if k < half else init) if i is not None else None
+        return [(_spread(m, axes, in_shape) if k < half else init) if i is not None else None
                 for k, i in enumerate(infos)]
 
     return [out] * len(eqn.outvars), bwd
@@ -76,32 +75,15 @@ def collective_rule(eqn, infos, env, ctx, prefix):
             f"'{eqn.primitive.name}' at {source_line(eqn)} reduces over the named axes "
             f"{axes}, which span devices; rfjax.trf analyses single-device programs (call "
             "fn without shard_map/pmap).")
-    outs, bwds = [], []
-    for k, i in enumerate(infos):
-        if i is None:
-            outs.append(None)
-            bwds.append(None)
-            continue
-        sub = _OneOperand(eqn, k, axes)
-        (o,), b = reduce_rule(sub, [i], env, ctx, prefix)
-        outs.append(o)
-        bwds.append(b)
+    shapes = [tuple(v.aval.shape) for v in eqn.invars]
+    outs = [None if i is None else _reduced(i, len(s), axes)
+            for i, s in zip(infos, shapes, strict=True)]
 
     def bwd(oms):
-        return [b([m])[0] if (b is not None and m is not None) else None
-                for b, m in zip(bwds, oms, strict=True)]
+        return [None if (i is None or m is None) else _spread(m, axes, s)
+                for i, m, s in zip(infos, oms, shapes, strict=True)]
 
     return outs, bwd
-
-
-class _OneOperand:
-    """The view of one operand of a multi-operand reduction that :func:`reduce_rule` reads."""
-
-    def __init__(self, eqn, k: int, axes: tuple[int, ...]):
-        self.invars = [eqn.invars[k]]
-        self.outvars = [eqn.outvars[k]]
-        self.params = {"axes": axes}
-        self.primitive = eqn.primitive
 
 
 def cumulative_rule(eqn, infos, env, ctx, prefix):
@@ -154,37 +136,34 @@ def sort_rule(eqn, infos, env, ctx, prefix):
     out = combine(each, n, ctx.naxes)
 
     def bwd(oms):
-        m = None
-        for o in oms:
-            if o is not None:
-                m = o if m is None else (m | o)
-        r = np.broadcast_to(m.any(axis=dim + 1, keepdims=True), m.shape).copy()
+        r = _mixed_back(union(oms), (dim,), shape)
         return [r if i is not None else None for i in infos]
 
     return [out] * len(eqn.outvars), bwd
+
+
+def _mixed(info: Info, n: int, axes: tuple[int, ...]) -> Info:
+    """The intervals of an operation in which every output reads every operand element
+    along ``axes`` (kept, at size 1) and nothing across the others."""
+    return Info([bshape(x, n).min(axis=axes, keepdims=True) for x in info.lo],
+                [bshape(x, n).max(axis=axes, keepdims=True) for x in info.hi],
+                [np.where(np.isin(np.arange(n), axes), 0.0, s) for s in info.slope])
+
+
+def _mixed_back(m: np.ndarray, axes: tuple[int, ...], in_shape: tuple[int, ...]) -> np.ndarray:
+    """Backward of :func:`_mixed`: an output's mask over the whole of ``axes``."""
+    m = m.any(axis=tuple(1 + a for a in axes), keepdims=True)
+    return np.broadcast_to(m, (m.shape[0],) + in_shape).copy()
 
 
 def fft_rule(eqn, infos, env, ctx, prefix):
     """``lax.fft`` over the trailing ``len(fft_lengths)`` axes: every output element depends
     on every operand element along those axes (a Fourier coefficient mixes the whole signal;
     the real transforms change the last axis' length) and on nothing elsewhere."""
-    (info,) = infos
     shape = tuple(eqn.invars[0].aval.shape)
     n = len(shape)
     axes = tuple(range(n - len(eqn.params["fft_lengths"]), n))
-    slope = []
-    for s in info.slope:
-        s = np.array(s, dtype=float)
-        s[list(axes)] = 0.0
-        slope.append(s)
-    out = Info([bshape(x, n).min(axis=axes, keepdims=True) for x in info.lo],
-               [bshape(x, n).max(axis=axes, keepdims=True) for x in info.hi], slope)
-
-    def bwd(oms):
-        m = oms[0].any(axis=tuple(1 + a for a in axes), keepdims=True)
-        return [np.broadcast_to(m, (m.shape[0],) + shape).copy()]
-
-    return [out], bwd
+    return [_mixed(infos[0], n, axes)], lambda oms: [_mixed_back(oms[0], axes, shape)]
 
 
 def _fixed_permutation(eqn, infos, env):
@@ -265,23 +244,11 @@ def top_k_rule(eqn, infos, env, ctx, prefix):
     """Each of the k largest along ``axis`` (the last one unless the primitive says otherwise)
     may be any element of that axis: every output depends on the whole axis."""
     shape = tuple(eqn.invars[0].aval.shape)
-    op_i = infos[0]
     n = len(shape)
     axis = eqn.params.get("axis", eqn.params.get("reduction_dimension", -1))  # approx_top_k
-    axis = axis + n if axis < 0 else axis
-    out = Info([bshape(x, n).min(axis=axis, keepdims=True) for x in op_i.lo],
-               [bshape(x, n).max(axis=axis, keepdims=True) for x in op_i.hi],
-               [np.where(np.arange(n) == axis, 0.0, s) for s in op_i.slope])
-
-    def bwd(oms):
-        m = None
-        for o in oms:
-            if o is not None:
-                m = o if m is None else (m | o)
-        anyk = m.any(axis=axis + 1, keepdims=True)
-        return [np.broadcast_to(anyk, (m.shape[0],) + shape).copy()]
-
-    return [out, out], bwd
+    axes = (axis + n if axis < 0 else axis,)
+    out = _mixed(infos[0], n, axes)
+    return [out, out], lambda oms: [_mixed_back(union(oms), axes, shape)]
 
 
 def dot_general_rule(eqn, infos, env, ctx, prefix):

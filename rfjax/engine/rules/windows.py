@@ -14,7 +14,7 @@ import numpy as np
 from rfjax.engine import known
 from rfjax.engine.cone_ir import Unsupported, clip, is_dependent
 from rfjax.engine.errors import UnsupportedPrimitiveError, source_line
-from rfjax.engine.fields import INF, Info, bshape, combine, materialize
+from rfjax.engine.fields import INF, Info, bshape, combine, materialize, union
 from rfjax.engine.records import ConeRule, PrimitiveRule
 from rfjax.engine.window import (
     Window,
@@ -233,11 +233,7 @@ def reduce_window_rule(eqn, infos, env, ctx, prefix):
     rels = {j: w.relation() for j, w in windows.items()}
 
     def bwd(oms):
-        m = None
-        for o in oms:
-            if o is not None:
-                m = o if m is None else (m | o)
-        m = apply_relations(m, {1 + j: R for j, R in rels.items()})
+        m = apply_relations(union(oms), {1 + j: R for j, R in rels.items()})
         res = [m if i is not None else None for i in data_infos]
         return res + [None] * (len(infos) - len(data_infos))
 
