@@ -329,6 +329,11 @@ def test_bicubic_and_antialiased_resampling_use_pytorchs_own_weights():
     want = torch_erf(m, x, (6, 8))
     got = np.asarray(rfjax.erf(m, x, unit=(6, 8)).map)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5 * want.max())
+    from rfjax.adapters import pytorch_resample
+
+    assert pytorch_resample._probed_matrices.cache_info().currsize > 0
+    rfjax.clear_cache()  # the weights read off PyTorch are a cache like the others
+    assert pytorch_resample._probed_matrices.cache_info().currsize == 0
 
 
 def test_a_region_wrapped_by_autocast_runs_inline():

@@ -38,7 +38,8 @@ __all__ = ["LayoutWarning", "Prepared", "clear_cache", "from_haiku", "from_keras
 
 def clear_cache() -> None:
     """Drop every cached jaxpr, crop plan and compiled function (jax's own caches stay), the
-    TRF engine's compiled constant programs and the exported torch / Keras / Haiku programs."""
+    TRF engine's compiled constant programs, the exported torch / Keras / Haiku programs and
+    the resampling weights read off PyTorch."""
     callables.clear_cache()
     for name in ("pytorch", "keras_models", "haiku_models"):
         mod = sys.modules.get(f"rfjax.adapters.{name}")
@@ -46,6 +47,9 @@ def clear_cache() -> None:
             cache = getattr(mod, table, None)
             if cache is not None:
                 cache.clear()
+    resample = sys.modules.get("rfjax.adapters.pytorch_resample")
+    if resample is not None:  # PyTorch's resampling weights, read once per shape
+        resample.clear_cache()
 
 
 @dataclasses.dataclass(frozen=True)

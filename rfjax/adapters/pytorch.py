@@ -105,21 +105,30 @@ class Program:
         return {n: jnp.asarray(named[n].detach().cpu().numpy()) for n in self.param_names}
 
     def apply(self, params: dict, x):
+        def placeholder(node):
+            kind, v = self.inputs[node.name]
+            return x if kind == "input" else (params[v] if kind == "param" else v)
+
+        out = self._run(self.nodes, placeholder, self.attrs.__getitem__, self.layer_node)
+        return out if self.layer_node is not None else _unflatten(list(out), self.out_spec)
+
+    def _run(self, nodes, placeholder, attr, stop=None):
+        """Evaluate the graph ``nodes``: placeholders from ``placeholder(node)``, ``get_attr``
+        from ``attr(target)``; the value of ``stop`` (``layer=``) once it is computed, else
+        the output node's values."""
         env: dict = {}
         views: dict = {}  # view node -> (base node, op name, args)
-        for node in self.nodes:
+        for node in nodes:
             if node.op == "placeholder":
-                kind, v = self.inputs[node.name]
-                env[node] = x if kind == "input" else (params[v] if kind == "param" else v)
+                env[node] = placeholder(node)
             elif node.op == "get_attr":
-                env[node] = self.attrs[node.target]
+                env[node] = attr(node.target)
             elif node.op == "call_function":
                 self._call(node, env, views)
-                if node is self.layer_node:
+                if node is stop:
                     return env[node]
             elif node.op == "output":
-                outs = _value(node.args[0], env)
-                return _unflatten(list(outs), self.out_spec)
+                return _value(node.args[0], env)
         raise RuntimeError("the exported program has no output")  # pragma: no cover
 
     def _call(self, node, env, views):
@@ -167,19 +176,9 @@ class Program:
 
     def _run_sub(self, sub, operands) -> tuple:
         """The outputs of the graph module ``sub`` (a wrapped region) on ``operands``."""
-        env: dict = {}
-        views: dict = {}
         args = iter(operands)
-        for node in sub.graph.nodes:
-            if node.op == "placeholder":
-                env[node] = next(args)
-            elif node.op == "get_attr":
-                env[node] = _attr(sub, node.target)
-            elif node.op == "call_function":
-                self._call(node, env, views)
-            elif node.op == "output":
-                return tuple(_value(node.args[0], env))
-        raise RuntimeError("a wrapped region has no output")  # pragma: no cover
+        return tuple(self._run(sub.graph.nodes, lambda _node: next(args),
+                               lambda target: _attr(sub, target)))
 
 
 #: Higher-order operators that only wrap a region of the graph in a submodule (a ``with

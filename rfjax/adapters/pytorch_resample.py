@@ -17,7 +17,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["upsample_linear", "upsample_nearest", "upsample_probed"]
+__all__ = ["clear_cache", "upsample_linear", "upsample_nearest", "upsample_probed"]
 
 
 def _scale_sizes(x, n, output_size, scale_factors):
@@ -32,6 +32,11 @@ def _tuple_f(v, n):
         return (float(v),) * n
     v = tuple(float(a) for a in v)
     return v * n if len(v) == 1 else v
+
+
+def _along(x, M, ax: int, xp=jnp):
+    """``M @ x`` along axis ``ax`` (``M``: ``(n_out, n_in)``), in ``xp`` (jnp or NumPy)."""
+    return xp.moveaxis(xp.tensordot(x, xp.asarray(M.T, x.dtype), axes=([ax], [0])), -1, ax)
 
 
 def upsample_nearest(n: int, exact: bool = False):
@@ -79,9 +84,7 @@ def upsample_linear(n):
             ax = 2 + i
             sc = explicit[i] if explicit and explicit[i] else (
                 _tuple_f(scale_factors, n)[i] if scale_factors is not None else None)
-            M = _linear_matrix(x.shape[ax], size[i], bool(align_corners), sc)
-            x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(M.T, x.dtype), axes=([ax], [0])),
-                             -1, ax)
+            x = _along(x, _linear_matrix(x.shape[ax], size[i], bool(align_corners), sc), ax)
         return x
     return fn
 
@@ -123,12 +126,17 @@ def _probed_matrices(op: str, overload: str, shape: tuple[int, ...], size: tuple
     want = call(x, None if out_size is None else list(out_size)).numpy()
     got = x.numpy()
     for a, M in enumerate(mats):
-        got = np.moveaxis(np.tensordot(got, M.T, axes=([2 + a], [0])), -1, 2 + a)
+        got = _along(got, M, 2 + a, np)
     if got.shape != want.shape or not np.allclose(got, want, rtol=1e-9, atol=1e-12):
         raise ValueError(f"aten.{op}.{overload}: rfjax could not read PyTorch's resampling "
                          f"weights at input shape {shape} (output size {out_size}, scales "
                          f"{scales})")
     return tuple(mats)
+
+
+def clear_cache() -> None:
+    """Forget the weight matrices read off PyTorch (one per operator, shape and scale)."""
+    _probed_matrices.cache_clear()
 
 
 def upsample_probed(op: str, n: int, align: bool = True):
@@ -157,8 +165,7 @@ def upsample_probed(op: str, n: int, align: bool = True):
 
     def fn(x, *args):
         for ax, M in enumerate(matrices(x, *args), start=2):
-            x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(M.T, x.dtype), axes=([ax], [0])),
-                             -1, ax)
+            x = _along(x, M, ax)
         return x
     fn.matrices = matrices
     return fn
